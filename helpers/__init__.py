@@ -1,0 +1,51 @@
+"""Convolutional networks from scratch: the code the notebooks import.
+
+One module per concept: layers (Conv2D, MaxPool2D), model (SimpleCNN), data (MNIST), train (fit and
+the command line), checkpoint, viz (figures) and widgets (sliders).
+"""
+
+import warnings
+
+# `python -m helpers.train` imports this package (and with it helpers.train) before running train.py
+# as __main__; runpy warns about that, but nothing here depends on module identity.
+warnings.filterwarnings("ignore", message="'helpers.train' found in sys.modules", category=RuntimeWarning)
+
+from . import viz, widgets  # noqa: E402
+from .checkpoint import CHECKPOINT, CheckpointError, load_checkpoint, save_checkpoint, save_json  # noqa: E402
+from .data import (  # noqa: E402
+    CLASSES,
+    DATA_DIR,
+    MNIST_MEAN,
+    MNIST_STD,
+    batches,
+    load_mnist,
+    mnist_tensors,
+    normalize,
+    shift_images,
+)
+from .layers import (  # noqa: E402
+    Conv2D,
+    MaxPool2D,
+    conv2d,
+    conv2d_naive,
+    im2col,
+    maxpool2d,
+    maxpool2d_naive,
+    output_size,
+    xavier_uniform_,
+)
+from .model import MLP, SimpleCNN, SimpleCNNBuiltin  # noqa: E402
+from .train import RECIPE, evaluate, fit, pick_device, predict, quick_mode, set_seed, train_epoch  # noqa: E402
+from .viz import (  # noqa: E402
+    HAND_KERNELS,
+    describe_filters,
+    PATTERNS,
+    plot_all_channels,
+    plot_confusion,
+    plot_feature_map,
+    plot_filters,
+    plot_history,
+    plot_predictions,
+    show_images,
+)
+from .widgets import channel_grid_explorer, feature_map_explorer, filter_evolution, shift_explorer  # noqa: E402

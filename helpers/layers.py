@@ -1,0 +1,332 @@
+"""Convolution and max pooling written from scratch.
+
+Each layer comes three ways:
+
+* ``conv2d_naive`` / ``maxpool2d_naive``: plain loops, the definition you can check by hand;
+* ``conv2d`` / ``maxpool2d``: im2col (a strided view of every window) plus one matrix multiply,
+  with the backward pass written out by hand in a ``torch.autograd.Function``;
+* ``Conv2D`` / ``MaxPool2D``: ``nn.Module`` wrappers holding the parameters, used by ``SimpleCNN``.
+
+Speed comes from layout, not from a built-in convolution: the fast path keeps activations
+channels-last (N, H, W, C) in memory while their shape stays (N, C, H, W), so every im2col row
+is a run of neighbouring memory and every matrix multiply writes its result already in the
+layout the next layer reads.
+"""
+
+import math
+
+import torch
+from torch import nn
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def _check_size(name, value, minimum=1):
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ValueError(f"{name} must be {kind}, got {value!r}")
+
+
+def _check_input(layer, x, in_channels=None):
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{layer} expects a torch.Tensor of shape (N, C, H, W), got {type(x).__name__}")
+    if x.dim() != 4:
+        hint = " (for a single image use x.unsqueeze(0))" if x.dim() == 3 else ""
+        raise ValueError(
+            f"{layer} expects a 4-D input (N, C, H, W), got {x.dim()}-D input of shape {tuple(x.shape)}{hint}"
+        )
+    if in_channels is not None and x.shape[1] != in_channels:
+        raise ValueError(
+            f"{layer} expects {in_channels} input channel(s), got {x.shape[1]} (input shape {tuple(x.shape)})"
+        )
+
+
+def _check_window(layer, x, kernel_size, padding):
+    h, w = x.shape[2] + 2 * padding, x.shape[3] + 2 * padding
+    if kernel_size > h or kernel_size > w:
+        raise ValueError(
+            f"{layer}: kernel_size {kernel_size} is larger than the padded input {h}x{w} "
+            f"(input {x.shape[2]}x{x.shape[3]}, padding {padding})"
+        )
+
+
+def output_size(size, kernel_size, stride=1, padding=0):
+    """Side of a convolution or pooling output: floor((size + 2*padding - kernel_size) / stride) + 1."""
+    return (size + 2 * padding - kernel_size) // stride + 1
+
+
+# ----------------------------------------------------------------------------- loops
+
+
+def conv2d_naive(x, weight, bias=None, stride=1, padding=0):
+    """Cross-correlation with plain loops: the definition, slow and easy to check.
+
+    x: (N, C, H, W), weight: (F, C, k, k), bias: (F,) or None -> out: (N, F, H', W')
+    out[n, f, i, j] = sum over c, u, v of x_pad[n, c, i*stride + u, j*stride + v] * weight[f, c, u, v] + bias[f]
+    """
+    _check_input("conv2d_naive", x, weight.shape[1])
+    k = weight.shape[2]
+    _check_window("conv2d_naive", x, k, padding)
+    n_images, _, h, w = x.shape
+    n_filters = weight.shape[0]
+    x_pad = torch.zeros(n_images, x.shape[1], h + 2 * padding, w + 2 * padding, dtype=x.dtype)
+    x_pad[:, :, padding : padding + h, padding : padding + w] = x
+    h_out, w_out = output_size(h, k, stride, padding), output_size(w, k, stride, padding)
+    out = torch.zeros(n_images, n_filters, h_out, w_out, dtype=x.dtype)
+    for n in range(n_images):
+        for f in range(n_filters):
+            for i in range(h_out):
+                for j in range(w_out):
+                    window = x_pad[n, :, i * stride : i * stride + k, j * stride : j * stride + k]
+                    out[n, f, i, j] = (window * weight[f]).sum()
+            if bias is not None:
+                out[n, f] += bias[f]
+    return out
+
+
+def maxpool2d_naive(x, kernel_size, stride=None):
+    """Max pooling with plain loops. x: (N, C, H, W) -> (N, C, H', W')."""
+    stride = kernel_size if stride is None else stride
+    _check_input("maxpool2d_naive", x)
+    _check_window("maxpool2d_naive", x, kernel_size, 0)
+    n_images, channels, h, w = x.shape
+    h_out, w_out = output_size(h, kernel_size, stride), output_size(w, kernel_size, stride)
+    out = torch.zeros(n_images, channels, h_out, w_out, dtype=x.dtype)
+    for i in range(h_out):
+        for j in range(w_out):
+            window = x[:, :, i * stride : i * stride + kernel_size, j * stride : j * stride + kernel_size]
+            out[:, :, i, j] = window.amax(dim=(2, 3))
+    return out
+
+
+# ----------------------------------------------------------------------------- im2col
+
+
+def im2col(x, kernel_size, stride=1, padding=0):
+    """Every k x k window of a channels-last image as one row of a matrix.
+
+    x: (N, H, W, C) -> cols: (N * H' * W', k * k * C), each row ordered (row u, column v, channel c).
+    ``unfold`` makes a strided *view* of the windows (no copy); ``reshape`` then copies them
+    into one matrix, so a whole convolution becomes a single matrix multiply.
+    """
+    if padding:
+        x = nn.functional.pad(x, (0, 0, padding, padding, padding, padding))
+    windows = x.unfold(1, kernel_size, stride).unfold(2, kernel_size, stride)  # (N, H', W', C, k, k)
+    n, h_out, w_out = windows.shape[:3]
+    # (u, v, c) order: the innermost run of each row is k*C neighbouring floats in memory
+    return windows.permute(0, 1, 2, 4, 5, 3).reshape(n * h_out * w_out, -1)
+
+
+def _weight_matrix(weight):
+    """(F, C, k, k) -> (k * k * C, F), rows in the same (u, v, c) order as ``im2col``."""
+    return weight.permute(2, 3, 1, 0).reshape(-1, weight.shape[0])
+
+
+def _conv_nhwc(x, weight, bias, stride, padding):
+    """The im2col convolution on channels-last data. x: (N, H, W, C) -> (N, H', W', F), plus the cols."""
+    n, h, w, _ = x.shape
+    k = weight.shape[2]
+    cols = im2col(x, k, stride, padding)
+    w_mat = _weight_matrix(weight)
+    # addmm fuses the bias add into the matrix multiply
+    out = torch.addmm(bias, cols, w_mat) if bias is not None else cols @ w_mat
+    h_out, w_out = output_size(h, k, stride, padding), output_size(w, k, stride, padding)
+    return out.view(n, h_out, w_out, -1), cols
+
+
+def _nchw(x_nhwc):
+    """A (N, H, W, C) buffer seen as (N, C, H, W) without copying: the result is channels-last."""
+    return x_nhwc.permute(0, 3, 1, 2)
+
+
+def _nhwc(x_nchw):
+    """(N, C, H, W) seen as (N, H, W, C); free when x is already channels-last."""
+    return x_nchw.permute(0, 2, 3, 1)
+
+
+class Conv2DFunction(torch.autograd.Function):
+    """Convolution forward and backward, each one matrix multiply over im2col columns.
+
+    Forward:   out = cols @ W                    (cols: every input window, one per row)
+    Backward:  dW  = cols^T @ dout               (correlate the input with the output gradient)
+               db  = dout summed over N, H', W'
+               dx  = conv(dout, W flipped 180 degrees, in/out channels swapped)
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding):
+        out, cols = _conv_nhwc(_nhwc(x), weight, bias, stride, padding)
+        # keep the im2col matrix: the weight gradient needs exactly it, so the backward skips recomputing it
+        ctx.save_for_backward(cols, weight)
+        ctx.stride, ctx.padding, ctx.in_size = stride, padding, x.shape[2:]
+        return _nchw(out)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        cols, weight = ctx.saved_tensors
+        n_filters, _, k, _ = weight.shape
+        g = _nhwc(grad_out).reshape(-1, n_filters)  # (N * H' * W', F); no copy when grad_out is channels-last
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:  # False for the first layer: nobody needs the gradient of the images
+            grad_x = _nchw(_conv_input_grad(_nhwc(grad_out), weight, ctx.stride, ctx.padding, ctx.in_size))
+        if ctx.needs_input_grad[1]:
+            grad_w = (cols.t() @ g).view(k, k, -1, n_filters).permute(3, 2, 0, 1)
+        if ctx.needs_input_grad[2]:
+            grad_b = g.sum(0)
+        return grad_x, grad_w, grad_b, None, None
+
+
+def _conv_input_grad(grad_out, weight, stride, padding, in_size):
+    """dL/dx as a full convolution of dL/dout with the flipped kernel. grad_out: (N, H', W', F) -> (N, H, W, C).
+
+    Each input pixel touched k*k outputs, through weight[:, :, u, v]; gathering them back is a
+    correlation of the (zero-padded) output gradient with the kernel turned 180 degrees.
+    """
+    k = weight.shape[2]
+    h, w = in_size
+    if stride > 1:  # put the stride back: stride-1 zeros between the gradient rows and columns
+        n, h_out, w_out, f = grad_out.shape
+        dilated = grad_out.new_zeros(n, (h_out - 1) * stride + 1, (w_out - 1) * stride + 1, f)
+        dilated[:, ::stride, ::stride] = grad_out
+        grad_out = dilated
+    # pad by k-1-padding on each side (negative pads crop), plus the rows/cols the stride skipped
+    p = k - 1 - padding
+    extra_h, extra_w = h + 2 * padding - grad_out.shape[1] - k + 1, w + 2 * padding - grad_out.shape[2] - k + 1
+    grad_out = nn.functional.pad(grad_out, (0, 0, p, p + extra_w, p, p + extra_h))
+    flipped = weight.flip(2, 3).transpose(0, 1)  # (C, F, k, k): rotate 180 degrees, swap in and out
+    grad_x, _ = _conv_nhwc(grad_out, flipped, None, 1, 0)
+    return grad_x
+
+
+def conv2d(x, weight, bias=None, stride=1, padding=0):
+    """Fast cross-correlation: im2col + one matrix multiply, hand-written backward.
+
+    x: (N, C, H, W), weight: (F, C, k, k), bias: (F,) or None -> (N, F, H', W') (channels-last in memory)
+    with H' = floor((H + 2*padding - k) / stride) + 1.
+    """
+    _check_size("stride", stride)
+    _check_size("padding", padding, minimum=0)
+    _check_input("conv2d", x, weight.shape[1])
+    _check_window("conv2d", x, weight.shape[2], padding)
+    return Conv2DFunction.apply(x, weight, bias, stride, padding)
+
+
+def _window_slot(x, u, v, stride, out_h, out_w):
+    """Element (u, v) of every pooling window at once, as a strided view. x: (N, H, W, C) -> (N, H', W', C)."""
+    return x[:, u : u + stride * (out_h - 1) + 1 : stride, v : v + stride * (out_w - 1) + 1 : stride]
+
+
+class MaxPool2DFunction(torch.autograd.Function):
+    """Max pooling: the forward remembers which element of each window won, the backward routes the
+    gradient there and nowhere else. On ties the first maximum (in reading order) wins, as in PyTorch.
+
+    Both passes loop over the k*k positions inside a window, not over the windows: each step is one
+    vectorised operation on a strided view of the whole batch.
+    """
+
+    @staticmethod
+    def forward(ctx, x, kernel_size, stride):
+        n, c, h, w = x.shape
+        h_out, w_out = output_size(h, kernel_size, stride), output_size(w, kernel_size, stride)
+        x = _nhwc(x)
+        out = _window_slot(x, 0, 0, stride, h_out, w_out)
+        # index u*k + v of the maximum in each window; a byte is enough for windows up to 16x16
+        winner = torch.zeros(out.shape, dtype=torch.uint8 if kernel_size <= 16 else torch.int32)
+        for slot in range(1, kernel_size * kernel_size):
+            candidate = _window_slot(x, *divmod(slot, kernel_size), stride, h_out, w_out)
+            wins = (candidate > out).view(torch.uint8)  # strictly greater: on a tie the earlier one stays
+            out = torch.maximum(out, candidate)
+            # winner = where(wins, slot, winner), as byte arithmetic: several times faster than torch.where here
+            winner += wins * (slot - winner)
+        ctx.save_for_backward(winner)
+        ctx.kernel_size, ctx.stride, ctx.in_shape = kernel_size, stride, (n, h, w, c)
+        return _nchw(out.contiguous())
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (winner,) = ctx.saved_tensors
+        k, s = ctx.kernel_size, ctx.stride
+        g = _nhwc(grad_out)
+        h_out, w_out = g.shape[1:3]
+        grad_x = g.new_zeros(ctx.in_shape)
+        for slot in range(k * k):  # col2im: each window position hands its gradient back to its pixel
+            _window_slot(grad_x, *divmod(slot, k), s, h_out, w_out).add_((winner == slot) * g)
+        return _nchw(grad_x), None, None
+
+
+def maxpool2d(x, kernel_size, stride=None):
+    """Fast max pooling over strided windows. x: (N, C, H, W) -> (N, C, H', W'), H' = floor((H - k) / stride) + 1."""
+    stride = kernel_size if stride is None else stride
+    _check_size("kernel_size", kernel_size)
+    _check_size("stride", stride)
+    _check_input("maxpool2d", x)
+    _check_window("maxpool2d", x, kernel_size, 0)
+    return MaxPool2DFunction.apply(x, kernel_size, stride)
+
+
+# ----------------------------------------------------------------------------- modules
+
+
+def xavier_uniform_(weight):
+    """Glorot/Xavier uniform initialisation, in place: U(-b, b) with b = sqrt(6 / (fan_in + fan_out)).
+
+    weight: (F, C, k, k) -> fan_in = C*k*k, fan_out = F*k*k. The bound keeps the variance of the
+    activations (forward) and of the gradients (backward) roughly constant from layer to layer.
+    """
+    receptive = weight[0, 0].numel() if weight.dim() > 2 else 1
+    fan_in, fan_out = weight.shape[1] * receptive, weight.shape[0] * receptive
+    bound = math.sqrt(6.0 / (fan_in + fan_out))
+    with torch.no_grad():
+        return weight.uniform_(-bound, bound)
+
+
+class Conv2D(nn.Module):
+    """2-D convolution layer (cross-correlation, like nn.Conv2d) built on ``conv2d``.
+
+    x: (N, in_channels, H, W) -> (N, out_channels, H', W'). Weights Xavier-uniform, biases zero.
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True):
+        super().__init__()
+        _check_size("in_channels", in_channels)
+        _check_size("out_channels", out_channels)
+        _check_size("kernel_size", kernel_size)
+        _check_size("stride", stride)
+        _check_size("padding", padding, minimum=0)
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        xavier_uniform_(self.weight)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    def forward(self, x):
+        return conv2d(x, self.weight, self.bias, self.stride, self.padding)
+
+    def extra_repr(self):
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, padding={self.padding}, bias={self.bias is not None}"
+        )
+
+
+class MaxPool2D(nn.Module):
+    """Max pooling layer built on ``maxpool2d``. x: (N, C, H, W) -> (N, C, H', W'); stride defaults to kernel_size."""
+
+    def __init__(self, kernel_size, stride=None):
+        super().__init__()
+        stride = kernel_size if stride is None else stride
+        _check_size("kernel_size", kernel_size)
+        _check_size("stride", stride)
+        self.kernel_size, self.stride = kernel_size, stride
+
+    def forward(self, x):
+        return maxpool2d(x, self.kernel_size, self.stride)
+
+    def extra_repr(self):
+        return f"kernel_size={self.kernel_size}, stride={self.stride}"

@@ -1,0 +1,92 @@
+"""SimpleCNN, its twin built from PyTorch's own layers, and a fully connected baseline.
+
+All three are ``nn.Sequential`` with named stages, so ``print(model)`` shows the architecture,
+``model.conv1`` is the first convolution, and ``model.activations(x)`` returns every
+intermediate result by name for the visualisation notebooks.
+"""
+
+from collections import OrderedDict
+
+from torch import nn
+
+from .layers import Conv2D, MaxPool2D
+
+
+class _Network(nn.Sequential):
+    def activations(self, x):
+        """Run x through the network and keep every stage's output: {name: tensor}, in order.
+
+        For SimpleCNN and x: (N, 1, 28, 28): conv1/relu1 (N, 32, 28, 28), pool1 (N, 32, 14, 14),
+        conv2/relu2 (N, 64, 14, 14), pool2 (N, 64, 7, 7), flatten (N, 3136), fc1/relu3/dropout (N, 128),
+        fc2 (N, 10) = the logits.
+        """
+        outputs = {}
+        for name, stage in self.named_children():
+            x = stage(x)
+            outputs[name] = x
+        return outputs
+
+    def param_counts(self):
+        """{stage name: number of parameters} for every stage that has any."""
+        counts = {}
+        for name, stage in self.named_children():
+            n = sum(p.numel() for p in stage.parameters())
+            if n:
+                counts[name] = n
+        return counts
+
+
+def _simple_cnn_stages(conv, pool):
+    return OrderedDict(
+        conv1=conv(1, 32, 3, padding=1),  # (N, 1, 28, 28) -> (N, 32, 28, 28)
+        relu1=nn.ReLU(),
+        pool1=pool(2),  # -> (N, 32, 14, 14)
+        conv2=conv(32, 64, 3, padding=1),  # -> (N, 64, 14, 14)
+        relu2=nn.ReLU(),
+        pool2=pool(2),  # -> (N, 64, 7, 7)
+        flatten=nn.Flatten(),  # -> (N, 3136)
+        fc1=nn.Linear(64 * 7 * 7, 128),
+        relu3=nn.ReLU(),
+        dropout=nn.Dropout(0.5),
+        fc2=nn.Linear(128, 10),  # -> (N, 10) logits
+    )
+
+
+class SimpleCNN(_Network):
+    """The series' network, on the from-scratch ``Conv2D`` and ``MaxPool2D``: 421,642 parameters.
+
+    x: (N, 1, 28, 28) normalised MNIST digits -> (N, 10) logits.
+    """
+
+    def __init__(self):
+        super().__init__(_simple_cnn_stages(Conv2D, MaxPool2D))
+
+
+class SimpleCNNBuiltin(_Network):
+    """The same network on PyTorch's ``nn.Conv2d`` / ``nn.MaxPool2d``: same state_dict keys and shapes.
+
+    The reference the tests compare against and the benchmark races. Note its convolutions start
+    from PyTorch's default initialisation, not Xavier; load a SimpleCNN's state_dict to compare outputs.
+    """
+
+    def __init__(self):
+        super().__init__(_simple_cnn_stages(nn.Conv2d, nn.MaxPool2d))
+
+
+class MLP(_Network):
+    """A fully connected network on the 784 raw pixels: 784 -> hidden -> ReLU -> Dropout(0.5) -> 10.
+
+    With hidden=512 it has 407,050 parameters, about as many as SimpleCNN.
+    x: (N, 1, 28, 28) -> (N, 10) logits.
+    """
+
+    def __init__(self, hidden=512):
+        super().__init__(
+            OrderedDict(
+                flatten=nn.Flatten(),
+                fc1=nn.Linear(28 * 28, hidden),
+                relu1=nn.ReLU(),
+                dropout=nn.Dropout(0.5),
+                fc2=nn.Linear(hidden, 10),
+            )
+        )

@@ -1,0 +1,256 @@
+"""The training loop and the command line that reproduces the published run.
+
+    python -m helpers.train                 # the published recipe: 10 epochs on all of MNIST
+    python -m helpers.train --quick         # one epoch on 2,000 images, a smoke test
+    python -m helpers.train --resume        # continue an interrupted run where it stopped
+"""
+
+import argparse
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .checkpoint import load_checkpoint, save_checkpoint, save_json
+from .data import DATA_DIR, batches, mnist_tensors
+from .model import SimpleCNN
+
+# the published recipe
+RECIPE = dict(epochs=10, lr=1e-3, batch_size=64, lr_step=5, lr_gamma=0.5, seed=0)
+QUICK = dict(epochs=1, train_subset=2000, test_subset=1000)  # a smoke test: seconds, not minutes
+RUNS_DIR = Path(__file__).resolve().parent.parent / "runs"
+
+HISTORY_KEYS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds")
+
+
+def quick_mode():
+    """True when the environment variable CNN_QUICK is set (and not "0"): notebooks then train for
+    one epoch on a small subset, as the test suite runs them."""
+    return os.environ.get("CNN_QUICK", "0") not in ("", "0")
+
+
+def set_seed(seed):
+    """Seed Python's and PyTorch's generators: on the CPU a run is then repeatable to the bit."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def pick_device(device=None):
+    """The given device, else CUDA, else Apple's MPS, else the CPU."""
+    if device is not None:
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+@torch.no_grad()
+def predict(model, images, batch_size=1000):
+    """Logits for all images, in eval mode (dropout off). images: (N, 1, 28, 28) -> (N, 10) on the CPU."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    logits = torch.cat([model(x.to(device)).cpu() for x in images.split(batch_size)])
+    model.train(was_training)
+    return logits
+
+
+def evaluate(model, images, labels, batch_size=1000):
+    """(mean cross-entropy loss, accuracy in [0, 1]) over a whole data set, dropout off."""
+    logits = predict(model, images, batch_size)
+    loss = nn.functional.cross_entropy(logits, labels).item()
+    return loss, (logits.argmax(1) == labels).float().mean().item()
+
+
+def train_epoch(model, optimizer, images, labels, batch_size=64, generator=None, desc="train"):
+    """One pass over shuffled mini-batches. Returns (mean loss, accuracy) measured with dropout on."""
+    model.train()
+    device = next(model.parameters()).device
+    total_loss, correct = 0.0, 0
+    n_batches = -(-len(images) // batch_size)
+    bar = tqdm(batches(images, labels, batch_size, True, generator), total=n_batches, desc=desc, leave=False)
+    for x, y in bar:
+        x, y = x.to(device), y.to(device)
+        logits = model(x)
+        loss = nn.functional.cross_entropy(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total_loss += loss.item() * len(y)
+        correct += (logits.argmax(1) == y).sum().item()
+        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+    return total_loss / len(images), correct / len(images)
+
+
+def new_history(model):
+    history = {key: [] for key in HISTORY_KEYS}
+    if hasattr(model, "conv1"):  # conv1's filters after every epoch, to watch the edge detectors form
+        history["conv1_init"] = model.conv1.weight.detach().cpu().tolist()
+        history["conv1"] = []
+    return history
+
+
+def format_epoch(row=None):
+    """One line of the per-epoch table (the header when row is None)."""
+    if row is None:
+        return f"{'epoch':>5} {'train loss':>10} {'train acc':>9} {'test loss':>9} {'test acc':>8} {'lr':>8} {'time':>6}"
+    return (
+        f"{row['epoch']:>5} {row['train_loss']:>10.4f} {row['train_acc']:>9.2%} {row['test_loss']:>9.4f} "
+        f"{row['test_acc']:>8.2%} {row['lr']:>8.6f} {row['seconds']:>5.1f}s"
+    )
+
+
+def fit(
+    model,
+    train,
+    test,
+    epochs=RECIPE["epochs"],
+    lr=RECIPE["lr"],
+    batch_size=RECIPE["batch_size"],
+    lr_step=RECIPE["lr_step"],
+    lr_gamma=RECIPE["lr_gamma"],
+    seed=RECIPE["seed"],
+    device=None,
+    resume=None,
+    on_epoch_end=None,
+):
+    """Train with Adam and cross-entropy, halving the learning rate every ``lr_step`` epochs.
+
+    train, test: (images (N, 1, 28, 28), labels (N,)) tensors, e.g. from ``mnist_tensors``.
+    Returns the history: per-epoch lists of train/test loss and accuracy, learning rate, seconds,
+    and conv1's weights. resume: a checkpoint's training_state plus its "history", to continue
+    exactly where that run stopped.
+    on_epoch_end(history, training_state) is called after every epoch (the CLI saves there).
+    """
+    model.to(pick_device(device))
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=lr_step, gamma=lr_gamma)
+    shuffle = torch.Generator().manual_seed(seed)  # its own generator: the batch order does not depend on dropout
+    history = new_history(model)
+    if resume is not None:
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        shuffle.set_state(resume["shuffle_rng"])
+        torch.set_rng_state(resume["torch_rng"])
+        history = resume["history"]
+    tqdm.write(format_epoch())
+    for epoch in range(len(history["epoch"]) + 1, epochs + 1):
+        start = time.perf_counter()
+        lr_now = optimizer.param_groups[0]["lr"]
+        train_loss, train_acc = train_epoch(
+            model, optimizer, *train, batch_size, shuffle, desc=f"epoch {epoch}/{epochs}"
+        )
+        scheduler.step()
+        test_loss, test_acc = evaluate(model, *test)
+        row = dict(
+            epoch=epoch, train_loss=train_loss, train_acc=train_acc, test_loss=test_loss,
+            test_acc=test_acc, lr=lr_now, seconds=time.perf_counter() - start,
+        )  # fmt: skip
+        for key in HISTORY_KEYS:
+            history[key].append(row[key])
+        if "conv1" in history:
+            history["conv1"].append(model.conv1.weight.detach().cpu().tolist())
+        tqdm.write(format_epoch(row))
+        if on_epoch_end is not None:
+            state = dict(
+                optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                shuffle_rng=shuffle.get_state(), torch_rng=torch.get_rng_state(),
+            )  # fmt: skip
+            on_epoch_end(history, state)
+    return history
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        prog="python -m helpers.train",
+        description="Train SimpleCNN (from-scratch layers) on MNIST with the published recipe.",
+    )
+    p.add_argument("--epochs", type=int, default=None, help=f"default {RECIPE['epochs']} (1 with --quick)")
+    p.add_argument("--batch-size", type=int, default=RECIPE["batch_size"])
+    p.add_argument("--lr", type=float, default=RECIPE["lr"], help="Adam's learning rate, halved every 5 epochs")
+    p.add_argument("--seed", type=int, default=RECIPE["seed"])
+    p.add_argument("--data-dir", type=Path, default=DATA_DIR, help="folder holding MNIST/raw/")
+    p.add_argument("--out", type=Path, default=RUNS_DIR / "simplecnn.pt", help="checkpoint path; history goes beside it as .json")
+    p.add_argument("--device", default=None, help="cpu, cuda or mps (default: the fastest available)")
+    p.add_argument("--quick", action="store_true", help="2,000 training images, 1 epoch: a smoke test")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted run saved at --out")
+    p.add_argument("--force", action="store_true", help="overwrite an existing checkpoint at --out")
+    args = p.parse_args(argv)
+    for name in ("epochs", "batch_size"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    if args.lr <= 0:
+        p.error(f"--lr must be positive, got {args.lr}")
+    if args.resume and args.force:
+        p.error("--resume continues the run at --out, --force replaces it: choose one")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    out, history_path = args.out, args.out.with_suffix(".json")
+    resume = None
+    if args.resume:
+        ckpt = load_checkpoint(out)  # FileNotFoundError / CheckpointError say what is wrong
+        config, resume = ckpt["config"], ckpt["training_state"]
+        done = len(ckpt["history"].get("epoch", []))
+        if resume is None:
+            print(f"{out} is a finished run ({done}/{config['epochs']} epochs): nothing to resume.")
+            return 0
+        print(f"resuming {out} after epoch {done}/{config['epochs']} (its saved settings win over the command line)")
+    else:
+        if out.exists() and not args.force:
+            sys.exit(f"{out} already exists: pass --resume to continue it, --force to replace it, or another --out")
+        config = dict(RECIPE, batch_size=args.batch_size, lr=args.lr, seed=args.seed, train_subset=None, test_subset=None)
+        if args.quick:
+            config.update(QUICK)
+        if args.epochs is not None:
+            config["epochs"] = args.epochs
+
+    set_seed(config["seed"])
+    model = SimpleCNN()
+    if resume is not None:
+        load_checkpoint(out, model)
+        resume = dict(resume, history=ckpt["history"])
+    train = mnist_tensors(True, args.data_dir, config["train_subset"])
+    test = mnist_tensors(False, args.data_dir, config["test_subset"])
+    device = pick_device(args.device)
+    print(
+        f"SimpleCNN ({sum(p.numel() for p in model.parameters()):,} parameters) on {device} "
+        f"({torch.get_num_threads()} threads), {len(train[0]):,} training / {len(test[0]):,} test images"
+    )
+
+    def save(history, state):
+        save_checkpoint(out, model, history, config, state)
+        save_json(history_path, history)
+
+    fit_args = {k: config[k] for k in RECIPE}
+    start = time.perf_counter()
+    try:
+        history = fit(model, train, test, device=device, resume=resume, on_epoch_end=save, **fit_args)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: {out} holds the last completed epoch; continue with --resume --out {out}")
+        return 130
+    save_checkpoint(out, model, history, config)  # finished: drop the optimizer state, keep the file small
+    best = max(range(len(history["test_acc"])), key=history["test_acc"].__getitem__)
+    print(
+        f"best test accuracy {history['test_acc'][best]:.2%} (epoch {history['epoch'][best]}), "
+        f"final {history['test_acc'][-1]:.2%}; {time.perf_counter() - start:.0f} s this session\n"
+        f"saved {out} and {history_path}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""Figures for the notebooks (matplotlib), and the small measurements they show."""
+
+import math
+
+import matplotlib.pyplot as plt
+import torch
+from torchvision.utils import make_grid
+
+
+# hand-made 3x3 kernels: Sobel edge detectors (named by the direction of the edge they find), and a box blur
+HAND_KERNELS = {
+    "vertical edge": torch.tensor([[1.0, 0, -1], [2, 0, -2], [1, 0, -1]]),
+    "horizontal edge": torch.tensor([[1.0, 2, 1], [0, 0, 0], [-1, -2, -1]]),
+    "diagonal edge \\": torch.tensor([[0.0, -1, -2], [1, 0, -1], [2, 1, 0]]),
+    "diagonal edge /": torch.tensor([[-2.0, -1, 0], [-1, 0, 1], [0, 1, 2]]),
+    "blur": torch.full((3, 3), 1 / 9),
+}
+# the patterns a first-layer filter is tested with: the four edges, and a bright spot on a dark surround
+PATTERNS = {name: k for name, k in HAND_KERNELS.items() if "edge" in name}
+PATTERNS["spot"] = torch.tensor([[-1.0, -1, -1], [-1, 8, -1], [-1, -1, -1]])
+
+def show_images(images, titles=None, ncols=8, cmap="gray", suptitle=None, size=1.3, colorbar=False):
+    """A grid of 2-D images, each with an optional title. images: (N, H, W) or (N, 1, H, W). Returns the figure."""
+    images = [torch.as_tensor(im).detach().cpu().squeeze().numpy() for im in images]
+    ncols = min(ncols, len(images))
+    nrows = math.ceil(len(images) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows + (0.4 if suptitle else 0)), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i, (ax, im) in enumerate(zip(axes.flat, images)):
+        shown = ax.imshow(im, cmap=cmap)
+        if titles is not None:
+            ax.set_title(titles[i], fontsize=8)
+        if colorbar:
+            fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
+
+
+def plot_history(history, published=None):
+    """Loss and accuracy per epoch, train and test. published: {epoch: test accuracy in %} drawn as crosses."""
+    epochs = history["epoch"]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 3.8))
+    ax_loss.plot(epochs, history["train_loss"], "o-", label="train (dropout on)")
+    ax_loss.plot(epochs, history["test_loss"], "o-", label="test")
+    ax_loss.set(title="Cross-entropy loss", xlabel="epoch", ylabel="loss", yscale="log")
+    ax_acc.plot(epochs, [100 * a for a in history["train_acc"]], "o-", label="train (dropout on)")
+    ax_acc.plot(epochs, [100 * a for a in history["test_acc"]], "o-", label="test")
+    if published:
+        ax_acc.plot(list(published), list(published.values()), "kx", markersize=9, label="published (test)")
+    ax_acc.set(title="Accuracy", xlabel="epoch", ylabel="accuracy (%)")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def filter_grid(weight, nrow=8):
+    """Filters (F, 1, k, k) -> one image tensor (3, H, W), each filter scaled to [0, 1] on its own."""
+    return make_grid(weight.detach().cpu().float(), nrow=nrow, normalize=True, scale_each=True, padding=1, pad_value=1)
+
+
+def plot_filters(weight, titles=None, title="conv1 filters (each scaled to [0, 1]: black = most negative)", ax=None):
+    """conv1's filters in one grid. weight: (F, 1, k, k). With titles, one labelled panel per filter instead."""
+    weight = torch.as_tensor(weight).detach().cpu()
+    if titles is not None:
+        lo = weight.flatten(1).min(1).values.view(-1, 1, 1, 1)
+        hi = weight.flatten(1).max(1).values.view(-1, 1, 1, 1)
+        return show_images((weight - lo) / (hi - lo + 1e-12), titles, ncols=8, suptitle=title, size=1.35)
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.imshow(filter_grid(weight).permute(1, 2, 0).numpy())
+    ax.set_title(title, fontsize=10)
+    ax.axis("off")
+    return ax.figure
+
+
+def describe_filters(weight, threshold=0.5):
+    """What each 3x3 first-layer filter detects, measured by its response to the ``PATTERNS``.
+
+    weight: (F, 1, 3, 3) -> (labels: F names, similarity: (F, P) tensor). A filter's response to a
+    pattern placed under it is the dot product of the two. Each filter's flat part (its response to
+    uniform brightness) is removed first, and responses are scaled to cosine similarities: +-1 is a
+    perfect match (the sign is the edge's polarity). A filter whose best |similarity| is below
+    ``threshold`` is "mixed"; one that is mostly flat is "brightness".
+    """
+    w = torch.as_tensor(weight).detach().flatten(1).float()
+    flat = w.mean(1, keepdim=True)
+    w0 = w - flat
+    patterns = torch.stack([p.flatten() - p.mean() for p in PATTERNS.values()])
+    similarity = (w0 @ patterns.t()) / (w0.norm(dim=1, keepdim=True) * patterns.norm(dim=1) + 1e-12)
+    names = list(PATTERNS)
+    labels = []
+    for f in range(len(w)):
+        if flat[f].abs() * 3 > 0.8 * w[f].norm():  # the flat component holds most of the filter
+            labels.append("brightness")
+        elif similarity[f].abs().max() < threshold:
+            labels.append("mixed")
+        else:
+            labels.append(names[similarity[f].abs().argmax()])
+    return labels, similarity
+
+
+def plot_confusion(labels, predictions, classes=range(10)):
+    """Confusion matrix as a heat map: rows = true digit, columns = predicted. Returns (figure, matrix)."""
+    n = len(classes)
+    matrix = torch.bincount(labels * n + predictions, minlength=n * n).view(n, n)
+    fig, ax = plt.subplots(figsize=(5.5, 4.8))
+    shown = ax.imshow(matrix.float().log1p().numpy(), cmap="Blues")
+    for i in range(n):
+        for j in range(n):
+            if matrix[i, j]:
+                color = "white" if matrix[i, j] > matrix.max() / 3 else "black"
+                ax.text(j, i, int(matrix[i, j]), ha="center", va="center", fontsize=7, color=color)
+    ax.set(xticks=range(n), yticks=range(n), xlabel="predicted digit", ylabel="true digit",
+           title="Confusion matrix (test set, colour: log count)")  # fmt: skip
+    fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
+    fig.tight_layout()
+    return fig, matrix
+
+
+def plot_feature_map(acts, image, layer, channel, title=None):
+    """The input digit beside one channel of one layer. acts: model.activations(x) for a batch of one image."""
+    fmap = acts[layer][0, channel].detach().cpu().numpy()
+    fig, (ax_in, ax_map) = plt.subplots(1, 2, figsize=(6.4, 3.2))
+    ax_in.imshow(image.squeeze().cpu().numpy(), cmap="gray")
+    ax_in.set_title(title or "input", fontsize=10)
+    shown = ax_map.imshow(fmap, cmap="viridis")
+    zeros = (fmap == 0).mean()
+    ax_map.set_title(f"{layer}, channel {channel}: {tuple(fmap.shape)}, {zeros:.0%} zeros", fontsize=10)
+    fig.colorbar(shown, ax=ax_map, fraction=0.046, pad=0.04)
+    for ax in (ax_in, ax_map):
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def plot_all_channels(acts, layer, ncols=16, title=None):
+    """Every channel of one layer for one image, in a grid (each channel on its own colour scale)."""
+    maps = acts[layer][0].detach().cpu()
+    titles = [str(c) for c in range(len(maps))]
+    return show_images(maps, titles, ncols=ncols, cmap="viridis", size=0.9,
+                       suptitle=title or f"{layer}: all {len(maps)} channels {tuple(maps.shape[1:])}")  # fmt: skip
+
+
+def plot_predictions(image, probabilities, title="input"):
+    """A digit beside bar charts of class probabilities. probabilities: {model name: (10,) tensor}."""
+    fig, axes = plt.subplots(1, 1 + len(probabilities), figsize=(3.2 * (1 + len(probabilities)), 2.9))
+    axes[0].imshow(image.squeeze().cpu().numpy(), cmap="gray")
+    axes[0].set_title(title, fontsize=10)
+    axes[0].axis("off")
+    for ax, (name, p) in zip(axes[1:], probabilities.items()):
+        p = p.detach().cpu().numpy()
+        best = int(p.argmax())
+        ax.bar(range(10), p, color=["tab:orange" if d == best else "tab:blue" for d in range(10)])
+        ax.set(ylim=(0, 1), xticks=range(10), xlabel="digit", ylabel="probability")
+        ax.set_title(f"{name}: {best} ({p[best]:.0%})", fontsize=10)
+    fig.tight_layout()
+    return fig

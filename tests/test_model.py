@@ -1,0 +1,44 @@
+"""SimpleCNN's architecture, its built-in twin and the fully connected baseline."""
+
+import torch
+
+from helpers import MLP, SimpleCNN, SimpleCNNBuiltin
+
+
+def test_parameter_count_matches_the_write_up():
+    model = SimpleCNN()
+    assert sum(p.numel() for p in model.parameters()) == 421_642
+    assert model.param_counts() == {"conv1": 320, "conv2": 18_496, "fc1": 401_536, "fc2": 1_290}
+
+
+def test_activations_have_the_documented_shapes():
+    acts = SimpleCNN().activations(torch.randn(5, 1, 28, 28))
+    shapes = {name: tuple(t.shape) for name, t in acts.items()}
+    assert shapes == {
+        "conv1": (5, 32, 28, 28), "relu1": (5, 32, 28, 28), "pool1": (5, 32, 14, 14),
+        "conv2": (5, 64, 14, 14), "relu2": (5, 64, 14, 14), "pool2": (5, 64, 7, 7),
+        "flatten": (5, 3136), "fc1": (5, 128), "relu3": (5, 128), "dropout": (5, 128), "fc2": (5, 10),
+    }  # fmt: skip
+    assert (acts["relu1"] >= 0).all() and (acts["relu1"] == acts["conv1"].clamp(min=0)).all()
+
+
+def test_twin_has_the_same_layout_and_computes_the_same_function():
+    torch.manual_seed(0)
+    ours, twin = SimpleCNN(), SimpleCNNBuiltin()
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in twin.state_dict().items()}
+    twin.load_state_dict(ours.state_dict())
+    assert isinstance(twin.conv1, torch.nn.Conv2d) and isinstance(twin.pool1, torch.nn.MaxPool2d)
+    x = torch.randn(16, 1, 28, 28)
+    y = torch.randint(0, 10, (16,))
+    for model in (ours, twin):
+        model.eval()  # no dropout: both must compute the very same function
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+    torch.testing.assert_close(ours(x), twin(x), rtol=1e-4, atol=1e-5)
+    for (name, a), (_, b) in zip(ours.named_parameters(), twin.named_parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_mlp_has_about_as_many_parameters():
+    mlp = MLP()
+    assert sum(p.numel() for p in mlp.parameters()) == 784 * 512 + 512 + 512 * 10 + 10 == 407_050
+    assert mlp(torch.randn(3, 1, 28, 28)).shape == (3, 10)

@@ -1,0 +1,100 @@
+"""Training on real MNIST: it learns, it is repeatable, and the command line resumes exactly."""
+
+import json
+
+import pytest
+import torch
+
+import helpers.train
+from helpers import CHECKPOINT, SimpleCNN, evaluate, fit, load_checkpoint, mnist_tensors, set_seed
+from helpers.train import main
+
+
+@pytest.fixture(scope="module")
+def small_mnist():
+    return mnist_tensors(True, subset=3000), mnist_tensors(False, subset=1000)
+
+
+def short_run(data, seed=0):
+    set_seed(seed)
+    model = SimpleCNN()
+    return model, fit(model, *data, epochs=1, seed=seed, device="cpu")
+
+
+def test_a_short_run_learns(small_mnist):
+    set_seed(0)
+    before, _ = evaluate(SimpleCNN(), *small_mnist[1])
+    model, history = short_run(small_mnist)
+    assert before == pytest.approx(2.303, abs=0.15)  # ln 10: an untrained net guesses evenly
+    assert history["test_loss"][0] < 0.6 * before
+    assert history["test_acc"][0] > 0.80  # chance is 0.10
+    assert len(history["conv1"]) == 1 and torch.tensor(history["conv1"][0]).shape == (32, 1, 3, 3)
+    assert history["conv1"][0] != history["conv1_init"]
+
+
+def test_same_seed_same_run(small_mnist):
+    _, first = short_run(small_mnist)
+    _, second = short_run(small_mnist)
+    _, other = short_run(small_mnist, seed=1)
+    for key in ("train_loss", "test_loss", "conv1"):
+        assert first[key] == second[key]
+    assert first["train_loss"] != other["train_loss"]
+
+
+def test_learning_rate_halves_after_five_epochs(small_mnist):
+    images, labels = small_mnist[0]
+    history = fit(SimpleCNN(), (images[:128], labels[:128]), small_mnist[1], epochs=7, device="cpu")
+    assert history["lr"] == [1e-3] * 5 + [5e-4] * 2
+
+
+def test_cli_quick_run_writes_checkpoint_and_history(tmp_path):
+    out = tmp_path / "quick.pt"
+    assert main(["--quick", "--out", str(out)]) == 0
+    ckpt = load_checkpoint(out, SimpleCNN())
+    assert ckpt["config"]["train_subset"] == 2000 and ckpt["config"]["epochs"] == 1
+    assert ckpt["training_state"] is None  # a finished run keeps only what it needs
+    history = json.loads(out.with_suffix(".json").read_text())
+    assert history["epoch"] == [1] and history["test_acc"][0] > 0.5
+
+
+def test_cli_never_overwrites_a_run(tmp_path):
+    out = tmp_path / "run.pt"
+    out.write_bytes(b"somebody's work")
+    with pytest.raises(SystemExit, match="already exists: pass --resume"):
+        main(["--quick", "--out", str(out)])
+    assert out.read_bytes() == b"somebody's work"
+
+
+def test_resume_after_interruption_ends_where_an_uninterrupted_run_ends(tmp_path, monkeypatch):
+    args = ["--quick", "--epochs", "3"]
+    assert main(args + ["--out", str(tmp_path / "straight.pt")]) == 0
+
+    real_train_epoch, calls = helpers.train.train_epoch, []
+
+    def interrupted(*a, **kw):  # Ctrl-C in the middle of the second epoch
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_train_epoch(*a, **kw)
+
+    monkeypatch.setattr(helpers.train, "train_epoch", interrupted)
+    out = tmp_path / "resumed.pt"
+    assert main(args + ["--out", str(out)]) == 130
+    assert load_checkpoint(out)["history"]["epoch"] == [1]
+    monkeypatch.setattr(helpers.train, "train_epoch", real_train_epoch)
+    assert main(["--resume", "--out", str(out)]) == 0
+
+    straight, resumed = load_checkpoint(tmp_path / "straight.pt"), load_checkpoint(out)
+    for key, value in straight["model"].items():
+        assert torch.equal(value, resumed["model"][key]), key
+    for key in ("epoch", "train_loss", "test_acc", "lr", "conv1"):
+        assert straight["history"][key] == resumed["history"][key], key
+    assert main(["--resume", "--out", str(out)]) == 0  # nothing left to do, and it says so
+
+
+def test_committed_checkpoint_scores_at_least_99_2_percent():
+    model = SimpleCNN()
+    ckpt = load_checkpoint(CHECKPOINT, model)
+    loss, acc = evaluate(model, *mnist_tensors(train=False))
+    assert acc >= 0.992
+    assert acc == pytest.approx(ckpt["history"]["test_acc"][-1], abs=1e-6)  # the same network that was trained

@@ -1,0 +1,116 @@
+"""The explorers redraw when a control moves, and the figures show what they claim."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np  # noqa: E402
+from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import helpers  # noqa: E402
+from helpers import widgets  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def trained():
+    model = helpers.SimpleCNN()
+    ckpt = helpers.load_checkpoint(helpers.CHECKPOINT, model)
+    images, labels = helpers.mnist_tensors(train=False, subset=20)
+    return model, ckpt["history"], images, labels
+
+
+def pixels(fig):
+    canvas = FigureCanvasAgg(fig)  # the explorer closed the figure in pyplot; render it ourselves
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba()).copy()
+
+
+def controls(box):
+    return {c.description: c for c in box.children[0].children}
+
+
+def test_feature_map_explorer_redraws_on_every_control(trained):
+    model, _, images, labels = trained
+    box = widgets.feature_map_explorer(model, images, labels)
+    ctl = controls(box)
+    assert box.figure is not None  # drawn once on creation: the default view
+    seen = [pixels(box.figure)]
+    for name, value in [("test image", 3), ("layer", "conv2"), ("channel", 40)]:
+        ctl[name].value = value
+        seen.append(pixels(box.figure))
+        assert not np.array_equal(seen[-1], seen[-2]), f"moving {name!r} did not redraw the figure"
+    assert box.figure.axes[1].get_title().startswith("conv2, channel 40")
+    assert f"test image 3: a {labels[3]}" == box.figure.axes[0].get_title()
+
+
+def test_channel_slider_follows_the_layer(trained):
+    model, _, images, labels = trained
+    ctl = controls(widgets.feature_map_explorer(model, images, labels))
+    assert ctl["channel"].max == 31
+    ctl["layer"].value = "relu2"
+    assert ctl["channel"].max == 63
+    ctl["channel"].value = 60
+    ctl["layer"].value = "pool1"  # 32 channels: the slider shrinks and its value follows
+    assert ctl["channel"].max == 31 and ctl["channel"].value == 31
+
+
+def test_channel_grid_shows_every_channel(trained):
+    model, _, images, labels = trained
+    box = widgets.channel_grid_explorer(model, images, labels)
+    shown = lambda: sum(1 for ax in box.figure.axes if ax.images)
+    assert shown() == 32
+    controls(box)["layer"].value = "pool2"
+    assert shown() == 64
+
+
+def test_filter_evolution_steps_through_the_epochs(trained):
+    _, history, _, _ = trained
+    box = widgets.filter_evolution(history)
+    slider = controls(box)["epoch"]
+    assert (slider.min, slider.max, slider.value) == (0, 10, 10)
+    last = pixels(box.figure)
+    slider.value = 0
+    assert "before training" in box.figure.axes[0].get_title()
+    assert not np.array_equal(pixels(box.figure), last)
+
+
+def test_shift_explorer_predictions_follow_the_shift(trained):
+    model, _, images, labels = trained
+    box = widgets.shift_explorer({"SimpleCNN": model}, images, labels)
+    readout = box.children[1]
+    assert readout.value.startswith(f"<b>SimpleCNN</b>: {labels[0]} (")  # the trained net reads digit 0 right
+    before = pixels(box.figure)
+    controls(box)["shift →"].value = 8
+    assert not np.array_equal(pixels(box.figure), before)
+    assert "shifted (8, 0)" in box.figure.axes[0].get_title()
+
+
+def test_explorers_keep_one_figure_alive(trained):
+    import matplotlib.pyplot as plt
+
+    model, _, images, labels = trained
+    box = widgets.feature_map_explorer(model, images, labels)
+    for i in range(10):
+        controls(box)["test image"].value = i
+    assert len(plt.get_fignums()) == 0  # every drawn figure was shown once and closed
+
+
+def test_describe_filters_recognises_the_hand_made_kernels():
+    kernels = torch.stack([helpers.viz.HAND_KERNELS[k] for k in helpers.viz.PATTERNS if k in helpers.viz.HAND_KERNELS])
+    labels, similarity = helpers.describe_filters(torch.cat([kernels, -kernels]).unsqueeze(1))
+    edges = [k for k in helpers.viz.PATTERNS if "edge" in k]
+    assert labels == edges + edges  # either polarity is the same detector
+    assert helpers.describe_filters(torch.ones(1, 1, 3, 3))[0] == ["brightness"]
+    assert helpers.describe_filters(helpers.viz.PATTERNS["spot"].view(1, 1, 3, 3))[0] == ["spot"]
+
+
+def test_shift_images_moves_pixels_and_fills_background():
+    x = torch.zeros(1, 1, 5, 5)
+    x[0, 0, 2, 2] = 1.0
+    moved = helpers.shift_images(x, 2, -1)
+    assert moved[0, 0, 1, 4] == 1.0 and (moved == 1.0).sum() == 1
+    assert moved[0, 0, 4, 0] == pytest.approx(-helpers.MNIST_MEAN / helpers.MNIST_STD)
+    with pytest.raises(ValueError, match="out of the frame"):
+        helpers.shift_images(x, 5, 0)
