@@ -31,8 +31,8 @@ def load_mnist(train=True, root=DATA_DIR, subset=None):
     except (RuntimeError, OSError) as error:
         files = "\n".join(f"  {raw / name}" for name in MNIST_FILES)
         raise FileNotFoundError(
-            f"MNIST is not in {raw}/ and could not be downloaded ({type(error).__name__}).\n"
-            f"Put the four uncompressed files there:\n{files}\n"
+            f"MNIST could not be loaded from {raw}/ (missing or damaged files) nor downloaded "
+            f"({type(error).__name__}).\nPut the four uncompressed files there:\n{files}\n"
             "from https://ossci-datasets.s3.amazonaws.com/mnist/ (gunzip the .gz files), "
             "or copy a folder that holds them: cp -r <somewhere>/MNIST data/"
         ) from None

@@ -42,6 +42,13 @@ def _check_input(layer, x, in_channels=None):
         )
 
 
+def _check_weight(layer, weight, bias):
+    if weight.dim() != 4 or weight.shape[2] != weight.shape[3]:
+        raise ValueError(f"{layer} expects a weight of shape (F, C, k, k), got {tuple(weight.shape)}")
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise ValueError(f"{layer} expects a bias of shape ({weight.shape[0]},), one per filter, got {tuple(bias.shape)}")
+
+
 def _check_window(layer, x, kernel_size, padding):
     h, w = x.shape[2] + 2 * padding, x.shape[3] + 2 * padding
     if kernel_size > h or kernel_size > w:
@@ -65,15 +72,16 @@ def conv2d_naive(x, weight, bias=None, stride=1, padding=0):
     x: (N, C, H, W), weight: (F, C, k, k), bias: (F,) or None -> out: (N, F, H', W')
     out[n, f, i, j] = sum over c, u, v of x_pad[n, c, i*stride + u, j*stride + v] * weight[f, c, u, v] + bias[f]
     """
+    _check_weight("conv2d_naive", weight, bias)
     _check_input("conv2d_naive", x, weight.shape[1])
     k = weight.shape[2]
     _check_window("conv2d_naive", x, k, padding)
     n_images, _, h, w = x.shape
     n_filters = weight.shape[0]
-    x_pad = torch.zeros(n_images, x.shape[1], h + 2 * padding, w + 2 * padding, dtype=x.dtype)
+    x_pad = x.new_zeros(n_images, x.shape[1], h + 2 * padding, w + 2 * padding)
     x_pad[:, :, padding : padding + h, padding : padding + w] = x
     h_out, w_out = output_size(h, k, stride, padding), output_size(w, k, stride, padding)
-    out = torch.zeros(n_images, n_filters, h_out, w_out, dtype=x.dtype)
+    out = x.new_zeros(n_images, n_filters, h_out, w_out)
     for n in range(n_images):
         for f in range(n_filters):
             for i in range(h_out):
@@ -92,7 +100,7 @@ def maxpool2d_naive(x, kernel_size, stride=None):
     _check_window("maxpool2d_naive", x, kernel_size, 0)
     n_images, channels, h, w = x.shape
     h_out, w_out = output_size(h, kernel_size, stride), output_size(w, kernel_size, stride)
-    out = torch.zeros(n_images, channels, h_out, w_out, dtype=x.dtype)
+    out = x.new_zeros(n_images, channels, h_out, w_out)
     for i in range(h_out):
         for j in range(w_out):
             window = x[:, :, i * stride : i * stride + kernel_size, j * stride : j * stride + kernel_size]
@@ -106,7 +114,8 @@ def maxpool2d_naive(x, kernel_size, stride=None):
 def im2col(x, kernel_size, stride=1, padding=0):
     """Every k x k window of a channels-last image as one row of a matrix.
 
-    x: (N, H, W, C) -> cols: (N * H' * W', k * k * C), each row ordered (row u, column v, channel c).
+    x: (N, H, W, C) channels-last (``x.permute(0, 2, 3, 1)`` of an (N, C, H, W) batch)
+    -> cols: (N * H' * W', k * k * C), each row ordered (row u, column v, channel c).
     ``unfold`` makes a strided *view* of the windows (no copy); ``reshape`` then copies them
     into one matrix, so a whole convolution becomes a single matrix multiply.
     """
@@ -207,6 +216,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
     """
     _check_size("stride", stride)
     _check_size("padding", padding, minimum=0)
+    _check_weight("conv2d", weight, bias)
     _check_input("conv2d", x, weight.shape[1])
     _check_window("conv2d", x, weight.shape[2], padding)
     return Conv2DFunction.apply(x, weight, bias, stride, padding)
@@ -232,7 +242,7 @@ class MaxPool2DFunction(torch.autograd.Function):
         x = _nhwc(x)
         out = _window_slot(x, 0, 0, stride, h_out, w_out)
         # index u*k + v of the maximum in each window; a byte is enough for windows up to 16x16
-        winner = torch.zeros(out.shape, dtype=torch.uint8 if kernel_size <= 16 else torch.int32)
+        winner = torch.zeros(out.shape, dtype=torch.uint8 if kernel_size <= 16 else torch.int32, device=x.device)
         for slot in range(1, kernel_size * kernel_size):
             candidate = _window_slot(x, *divmod(slot, kernel_size), stride, h_out, w_out)
             wins = (candidate > out).view(torch.uint8)  # strictly greater: on a tie the earlier one stays

@@ -35,7 +35,8 @@ def quick_mode():
 
 
 def set_seed(seed):
-    """Seed Python's and PyTorch's generators: on the CPU a run is then repeatable to the bit."""
+    """Seed Python's and PyTorch's generators. On the CPU a run is then repeatable to the bit on the
+    same machine, thread count and PyTorch build (other CPUs may round a little differently)."""
     random.seed(seed)
     torch.manual_seed(seed)
 
@@ -63,19 +64,26 @@ def predict(model, images, batch_size=1000):
 
 
 def evaluate(model, images, labels, batch_size=1000):
-    """(mean cross-entropy loss, accuracy in [0, 1]) over a whole data set, dropout off."""
+    """(mean cross-entropy loss, accuracy in [0, 1]) over a whole data set, dropout off.
+
+    images: (N, 1, 28, 28), labels: (N,) class indices.
+    """
     logits = predict(model, images, batch_size)
     loss = nn.functional.cross_entropy(logits, labels).item()
     return loss, (logits.argmax(1) == labels).float().mean().item()
 
 
-def train_epoch(model, optimizer, images, labels, batch_size=64, generator=None, desc="train"):
-    """One pass over shuffled mini-batches. Returns (mean loss, accuracy) measured with dropout on."""
+def train_epoch(model, optimizer, images, labels, batch_size=64, generator=None, desc="train", progress=True):
+    """One pass over shuffled mini-batches of images (N, 1, 28, 28) and labels (N,).
+
+    Returns (mean loss, accuracy), measured during the pass with dropout on. progress=False hides the bar.
+    """
     model.train()
     device = next(model.parameters()).device
     total_loss, correct = 0.0, 0
     n_batches = -(-len(images) // batch_size)
-    bar = tqdm(batches(images, labels, batch_size, True, generator), total=n_batches, desc=desc, leave=False)
+    bar = tqdm(batches(images, labels, batch_size, True, generator), total=n_batches, desc=desc, leave=False,
+               disable=not progress)  # fmt: skip
     for x, y in bar:
         x, y = x.to(device), y.to(device)
         logits = model(x)
@@ -121,7 +129,8 @@ def fit(
     resume=None,
     on_epoch_end=None,
 ):
-    """Train with Adam and cross-entropy, halving the learning rate every ``lr_step`` epochs.
+    """Train with Adam and cross-entropy; every ``lr_step`` epochs the learning rate is multiplied by
+    ``lr_gamma`` (the recipe: halved after epoch 5).
 
     train, test: (images (N, 1, 28, 28), labels (N,)) tensors, e.g. from ``mnist_tensors``.
     Returns the history: per-epoch lists of train/test loss and accuracy, learning rate, seconds,
@@ -180,7 +189,8 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=RECIPE["lr"], help="Adam's learning rate, halved every 5 epochs")
     p.add_argument("--seed", type=int, default=RECIPE["seed"])
     p.add_argument("--data-dir", type=Path, default=DATA_DIR, help="folder holding MNIST/raw/")
-    p.add_argument("--out", type=Path, default=RUNS_DIR / "simplecnn.pt", help="checkpoint path; history goes beside it as .json")
+    p.add_argument("--out", type=Path, default=None,
+                   help="checkpoint path (default runs/simplecnn.pt, or runs/quick.pt with --quick); the history goes beside it as .json")  # fmt: skip
     p.add_argument("--device", default=None, help="cpu, cuda or mps (default: the fastest available)")
     p.add_argument("--quick", action="store_true", help="2,000 training images, 1 epoch: a smoke test")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run saved at --out")
@@ -194,6 +204,8 @@ def parse_args(argv=None):
         p.error(f"--lr must be positive, got {args.lr}")
     if args.resume and args.force:
         p.error("--resume continues the run at --out, --force replaces it: choose one")
+    if args.out is None:
+        args.out = RUNS_DIR / ("quick.pt" if args.quick else "simplecnn.pt")
     return args
 
 

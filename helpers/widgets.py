@@ -34,9 +34,20 @@ def _explorer(controls, draw, caption=None):
 
 
 @torch.no_grad()
-def _activations(model, image):
+def _predict(model, x, fn):
+    """fn(model, x) in eval mode (dropout off) on the model's device; the model's mode is restored."""
+    was_training = model.training
     model.eval()
-    return model.activations(image.unsqueeze(0))
+    try:
+        return fn(model, x.to(next(model.parameters()).device))
+    finally:
+        model.train(was_training)
+
+
+def _activations(model, image):
+    """{stage: output} for one image (1, 28, 28), on the CPU."""
+    acts = _predict(model, image.unsqueeze(0), lambda m, x: m.activations(x))
+    return {name: out.cpu() for name, out in acts.items()}
 
 
 def _image_slider(images, description="test image"):
@@ -101,13 +112,9 @@ def shift_explorer(models, images, labels, max_shift=8):
     dy = W.IntSlider(value=0, min=-max_shift, max=max_shift, description="shift ↓")
     predictions = W.HTML()
 
-    @torch.no_grad()
     def draw(index, dx, dy):
         image = shift_images(images[index : index + 1], dx, dy)
-        probabilities = {}
-        for name, model in models.items():
-            model.eval()
-            probabilities[name] = model(image).softmax(1)[0]
+        probabilities = {name: _predict(m, image, lambda m, x: m(x).softmax(1)[0].cpu()) for name, m in models.items()}
         predictions.value = " · ".join(
             f"<b>{name}</b>: {int(p.argmax())} ({float(p.max()):.0%})" for name, p in probabilities.items()
         )

@@ -207,6 +207,10 @@ def test_bad_input_raises_clear_error(layer, x, match):
 def test_functional_conv_checks_its_input(fn):
     with pytest.raises(ValueError, match=r"expects 2 input channel\(s\), got 3"):
         fn(torch.randn(1, 3, 5, 5), torch.randn(4, 2, 3, 3))
+    with pytest.raises(ValueError, match=r"expects a weight of shape \(F, C, k, k\), got \(4, 2, 3, 2\)"):
+        fn(torch.randn(1, 2, 5, 5), torch.randn(4, 2, 3, 2))
+    with pytest.raises(ValueError, match=r"expects a bias of shape \(4,\), one per filter, got \(3,\)"):
+        fn(torch.randn(1, 2, 5, 5), torch.randn(4, 2, 3, 3), torch.randn(3))
 
 
 def test_all_parameter_combinations_give_pytorch_shapes():
