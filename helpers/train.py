@@ -246,13 +246,18 @@ def main(argv=None):
     def save(history, state):
         save_checkpoint(out, model, history, config, state)
         save_json(history_path, history)
+        saved.append(history["epoch"][-1])
 
+    saved = []
     fit_args = {k: config[k] for k in RECIPE}
     start = time.perf_counter()
     try:
         history = fit(model, train, test, device=device, resume=resume, on_epoch_end=save, **fit_args)
     except KeyboardInterrupt:
-        print(f"\ninterrupted: {out} holds the last completed epoch; continue with --resume --out {out}")
+        if saved or args.resume:
+            print(f"\ninterrupted: {out} holds the last completed epoch; continue with --resume --out {out}")
+        else:
+            print(f"\ninterrupted before the first epoch finished: nothing was written to {out}")
         return 130
     save_checkpoint(out, model, history, config)  # finished: drop the optimizer state, keep the file small
     best = max(range(len(history["test_acc"])), key=history["test_acc"].__getitem__)

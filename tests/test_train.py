@@ -98,3 +98,13 @@ def test_committed_checkpoint_scores_at_least_99_2_percent():
     loss, acc = evaluate(model, *mnist_tensors(train=False))
     assert acc >= 0.992
     assert acc == pytest.approx(ckpt["history"]["test_acc"][-1], abs=1e-6)  # the same network that was trained
+
+
+def test_interrupt_before_the_first_epoch_writes_nothing(tmp_path, monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(helpers.train, "train_epoch", interrupted)
+    out = tmp_path / "run.pt"
+    assert main(["--quick", "--out", str(out)]) == 130
+    assert not out.exists() and "nothing was written" in capsys.readouterr().out
