@@ -13,7 +13,6 @@ warnings.filterwarnings("ignore", message="'helpers.train' found in sys.modules"
 from . import viz, widgets  # noqa: E402
 from .checkpoint import CHECKPOINT, CheckpointError, load_checkpoint, save_checkpoint, save_json  # noqa: E402
 from .data import (  # noqa: E402
-    CLASSES,
     DATA_DIR,
     MNIST_MEAN,
     MNIST_STD,

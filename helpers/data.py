@@ -14,7 +14,6 @@ MNIST_FILES = (
     "t10k-images-idx3-ubyte",
     "t10k-labels-idx1-ubyte",
 )
-CLASSES = tuple(str(d) for d in range(10))
 
 # what the network sees: pixels in [0, 1], then shifted and scaled to mean 0, std 1 over the training set
 normalize = transforms.Compose([transforms.ToTensor(), transforms.Normalize((MNIST_MEAN,), (MNIST_STD,))])

@@ -10,6 +10,7 @@ import torch
 from IPython.display import display
 
 from .data import shift_images
+from .train import predict
 from .viz import plot_all_channels, plot_feature_map, plot_filters, plot_predictions
 
 FEATURE_LAYERS = ("conv1", "relu1", "pool1", "conv2", "relu2", "pool2")
@@ -34,19 +35,14 @@ def _explorer(controls, draw, caption=None):
 
 
 @torch.no_grad()
-def _predict(model, x, fn):
-    """fn(model, x) in eval mode (dropout off) on the model's device; the model's mode is restored."""
+def _activations(model, image):
+    """{stage: output} for one image (1, 28, 28), dropout off, on the CPU; the model's mode is restored."""
     was_training = model.training
     model.eval()
     try:
-        return fn(model, x.to(next(model.parameters()).device))
+        acts = model.activations(image.unsqueeze(0).to(next(model.parameters()).device))
     finally:
         model.train(was_training)
-
-
-def _activations(model, image):
-    """{stage: output} for one image (1, 28, 28), on the CPU."""
-    acts = _predict(model, image.unsqueeze(0), lambda m, x: m.activations(x))
     return {name: out.cpu() for name, out in acts.items()}
 
 
@@ -114,7 +110,7 @@ def shift_explorer(models, images, labels, max_shift=8):
 
     def draw(index, dx, dy):
         image = shift_images(images[index : index + 1], dx, dy)
-        probabilities = {name: _predict(m, image, lambda m, x: m(x).softmax(1)[0].cpu()) for name, m in models.items()}
+        probabilities = {name: predict(m, image).softmax(1)[0] for name, m in models.items()}
         predictions.value = " · ".join(
             f"<b>{name}</b>: {int(p.argmax())} ({float(p.max()):.0%})" for name, p in probabilities.items()
         )
