@@ -163,7 +163,7 @@ def _nhwc(x_nchw):
 
 
 class Conv2DFunction(torch.autograd.Function):
-    """Convolution forward and backward, each one matrix multiply over im2col columns.
+    """Convolution forward and backward, as matrix multiplies over im2col columns.
 
     Forward:   out = cols @ W                    (cols: every input window, one per row)
     Backward:  dW  = cols^T @ dout               (correlate the input with the output gradient)
@@ -243,9 +243,9 @@ class MaxPool2DFunction(torch.autograd.Function):
         h_out, w_out = output_size(h, kernel_size, stride), output_size(w, kernel_size, stride)
         x = _nhwc(x)
         out = _window_slot(x, 0, 0, stride, h_out, w_out)
-        # index u*k + v of the maximum in each window, kept as a float: a comparison written into a
-        # float tensor, and a float mask times the gradient, are 3-5x faster than with bools (benchmarks/choices.py)
-        winner = torch.zeros(out.shape, dtype=x.dtype, device=x.device)
+        # index u*k + v of the maximum in each window, kept as a float32 (exact up to 2**24, whatever
+        # x's dtype): comparisons into floats and float masks are 2-5x faster than bools (benchmarks/choices.py)
+        winner = torch.zeros(out.shape, dtype=torch.float32, device=x.device)
         wins = torch.empty_like(winner)
         for slot in range(1, kernel_size * kernel_size):
             candidate = _window_slot(x, *divmod(slot, kernel_size), stride, h_out, w_out)

@@ -64,6 +64,7 @@ POOL_CASES = [
     (2, 3, 8, 8, 3, 2),  # overlapping windows
     (1, 2, 5, 7, 2, 1),
     (2, 2, 6, 6, 1, 1),
+    (2, 2, 9, 10, 2, 3),  # stride larger than the window: some pixels are never read
 ]
 
 
@@ -80,6 +81,18 @@ def test_maxpool2d_matches_pytorch(n, c, h, w, k, s, ties):
     assert ours.shape == ref.shape
     torch.testing.assert_close(ours, ref)
     torch.testing.assert_close(our_grad, ref_grad)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_maxpool2d_large_windows_in_low_precision(dtype):
+    # the index of the winner must stay exact for windows of more than 256 elements (17x17) and a global pool
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 28, 28).to(dtype)
+    for k in (17, 28):
+        ours, (our_grad,) = grads(lambda t: maxpool2d(t, k), x.clone().requires_grad_())
+        ref, (ref_grad,) = grads(lambda t: F.max_pool2d(t, k), x.clone().requires_grad_())
+        assert torch.equal(ours, ref)
+        assert torch.equal(our_grad, ref_grad)
 
 
 def test_gradcheck_conv2d():
