@@ -139,10 +139,10 @@ def main(argv=None):
         print(f"  {g:<10} {a[0]:7.2f} / {a[1]:7.2f} {b[0]:7.2f} / {b[1]:7.2f} {r:6.2f}")
 
     # --- evaluation of the test set
-    print("\nevaluation of the 10,000 test images (batches of 256):")
+    print("\nevaluation of the 10,000 test images (batches of 128):")
     for name, model in models.items():
-        evaluate(model, test[0][:256], test[1][:256])  # warm-up
-        t = min(timed(evaluate, model, *test) for _ in range(3))
+        evaluate(model, test[0][:128], test[1][:128], batch_size=128)  # warm-up
+        t = min(timed(evaluate, model, *test, 128) for _ in range(3))
         print(f"  {name:<13} {t:6.2f} s")
 
     # --- one whole epoch, as the training loop runs it
