@@ -1,10 +1,9 @@
-"""The benchmark scripts still run, and the alternatives they race compute the same thing."""
+"""benchmarks/choices.py runs, and every alternative it races computes what the chosen version computes."""
 
 from benchmarks import choices
 
 
 def test_choices_races_equivalent_versions(capsys):
-    choices.main(["--repeats", "1"])  # asserts that every alternative gives the chosen gradient
-    table = capsys.readouterr().out
-    for what in ("conv2 input gradient", "pooling: compare", "pooling: mask * gradient", "evaluate 2,000 images"):
-        assert what in table
+    choices.main(["--repeats", "1"])  # each row asserts that its two versions agree before racing them
+    rows = capsys.readouterr().out.strip().splitlines()[3:]
+    assert len(rows) == 5
