@@ -200,7 +200,7 @@ def _conv_input_grad(grad_out, weight, stride, padding, in_size):
     grad_out: (N, H', W', F), weight: (F, C, k, k) -> (N, H, W, C).
     The gradient of the im2col matrix is dcols = grad_out @ W^T; its block for kernel position
     (u, v) is grad_out @ weight[:, :, u, v] and belongs to the pixel at offset (u, v) of every
-    window. One block at a time beats building all of dcols first (1.4x, ``python -m benchmarks.choices``):
+    window. One block at a time beats building all of dcols first (1.4-2x in ``python -m benchmarks.choices``):
     each product is a contiguous matrix, added straight onto the strided view of its pixels.
     """
     n, h_out, w_out, n_filters = grad_out.shape
@@ -244,7 +244,7 @@ class MaxPool2DFunction(torch.autograd.Function):
         x = _nhwc(x)
         out = _window_slot(x, 0, 0, stride, h_out, w_out)
         # index u*k + v of the maximum in each window, kept as a float32 (exact up to 2**24, whatever
-        # x's dtype): comparisons into floats and float masks are 2-5x faster than bools (benchmarks/choices.py)
+        # x's dtype): comparisons into floats and float masks are about 3x faster than bools (benchmarks/choices.py)
         winner = torch.zeros(out.shape, dtype=torch.float32, device=x.device)
         wins = torch.empty_like(winner)
         for slot in range(1, kernel_size * kernel_size):
