@@ -6,6 +6,7 @@
 """
 
 import argparse
+import contextlib
 import os
 import random
 import sys
@@ -52,7 +53,19 @@ def pick_device(device=None):
     return torch.device("cpu")
 
 
-@torch.no_grad()
+@contextlib.contextmanager
+def evaluating(model):
+    """Inside the block: dropout off and no gradients; yields the model's device. The model's
+    train/eval mode is restored afterwards, even if the block fails."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield next(model.parameters()).device
+    finally:
+        model.train(was_training)
+
+
 def predict(model, images, batch_size=128):
     """Logits for all images, in eval mode (dropout off). images: (N, 1, 28, 28) -> (N, 10) on the CPU.
 
@@ -60,12 +73,8 @@ def predict(model, images, batch_size=128):
     32 MB for reuse but hands larger ones back to the OS, so bigger batches pay for fresh memory pages
     on every batch: 1,000 is about 1.8x slower on a CPU (benchmarks/choices.py).
     """
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    logits = torch.cat([model(x.to(device)).cpu() for x in images.split(batch_size)])
-    model.train(was_training)
-    return logits
+    with evaluating(model) as device:
+        return torch.cat([model(x.to(device)).cpu() for x in images.split(batch_size)])
 
 
 def evaluate(model, images, labels, batch_size=128):

@@ -10,7 +10,7 @@ import torch
 from IPython.display import display
 
 from .data import shift_images
-from .train import predict
+from .train import evaluating, predict
 from .viz import plot_all_channels, plot_feature_map, plot_filters, plot_predictions
 
 FEATURE_LAYERS = ("conv1", "relu1", "pool1", "conv2", "relu2", "pool2")
@@ -34,15 +34,10 @@ def _explorer(controls, draw, caption=None):
     return box
 
 
-@torch.no_grad()
 def _activations(model, image):
     """{stage: output} for one image (1, 28, 28), dropout off, on the CPU; the model's mode is restored."""
-    was_training = model.training
-    model.eval()
-    try:
-        acts = model.activations(image.unsqueeze(0).to(next(model.parameters()).device))
-    finally:
-        model.train(was_training)
+    with evaluating(model) as device:
+        acts = model.activations(image.unsqueeze(0).to(device))
     return {name: out.cpu() for name, out in acts.items()}
 
 

@@ -7,7 +7,7 @@ import torch
 
 import helpers.train
 from helpers import CHECKPOINT, SimpleCNN, evaluate, fit, load_checkpoint, mnist_tensors, set_seed
-from helpers.train import main
+from helpers.train import evaluating, main
 
 
 @pytest.fixture(scope="module")
@@ -108,3 +108,19 @@ def test_interrupt_before_the_first_epoch_writes_nothing(tmp_path, monkeypatch, 
     out = tmp_path / "run.pt"
     assert main(["--quick", "--out", str(out)]) == 130
     assert not out.exists() and "nothing was written" in capsys.readouterr().out
+
+
+def test_evaluating_turns_dropout_off_and_restores_the_mode_even_on_error():
+    model = SimpleCNN()
+    x = torch.randn(4, 1, 28, 28)
+    with pytest.raises(RuntimeError, match="inside"):
+        with evaluating(model) as device:
+            assert device == torch.device("cpu")
+            assert not torch.is_grad_enabled()
+            assert torch.equal(model(x), model(x))  # dropout off: the same output twice
+            raise RuntimeError("inside")
+    assert model.training and torch.is_grad_enabled()
+    model.eval()
+    with evaluating(model):
+        pass
+    assert not model.training
