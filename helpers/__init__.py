@@ -33,7 +33,7 @@ from .layers import (  # noqa: E402
     output_size,
     xavier_uniform_,
 )
-from .model import MLP, SimpleCNN, SimpleCNNBuiltin  # noqa: E402
+from .model import MLP, SimpleCNN, SimpleCNNBuiltin, simple_cnn_stages  # noqa: E402
 from .train import RECIPE, evaluate, fit, pick_device, predict, quick_mode, set_seed, train_epoch  # noqa: E402
 from .viz import (  # noqa: E402
     HAND_KERNELS,

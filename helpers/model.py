@@ -36,16 +36,23 @@ class _Network(nn.Sequential):
         return counts
 
 
-def _simple_cnn_stages(conv, pool):
+def simple_cnn_stages(conv=Conv2D, pool=MaxPool2D, channels=(32, 64)):
+    """SimpleCNN's stages, in order, as {name: layer}: build variants from it.
+
+    conv(in_channels, out_channels, kernel_size, padding=...) and pool(kernel_size) make the layers
+    (``nn.Conv2d`` / ``nn.MaxPool2d`` give the built-in twin); channels sets the widths of conv1 and conv2.
+    ``nn.Sequential(simple_cnn_stages(channels=(8, 64)))`` is a SimpleCNN with 8 first-layer filters.
+    """
+    c1, c2 = channels
     return OrderedDict(
-        conv1=conv(1, 32, 3, padding=1),  # (N, 1, 28, 28) -> (N, 32, 28, 28)
+        conv1=conv(1, c1, 3, padding=1),  # (N, 1, 28, 28) -> (N, c1, 28, 28)
         relu1=nn.ReLU(),
-        pool1=pool(2),  # -> (N, 32, 14, 14)
-        conv2=conv(32, 64, 3, padding=1),  # -> (N, 64, 14, 14)
+        pool1=pool(2),  # -> (N, c1, 14, 14)
+        conv2=conv(c1, c2, 3, padding=1),  # -> (N, c2, 14, 14)
         relu2=nn.ReLU(),
-        pool2=pool(2),  # -> (N, 64, 7, 7)
-        flatten=nn.Flatten(),  # -> (N, 3136)
-        fc1=nn.Linear(64 * 7 * 7, 128),
+        pool2=pool(2),  # -> (N, c2, 7, 7)
+        flatten=nn.Flatten(),  # -> (N, c2 * 49)
+        fc1=nn.Linear(c2 * 7 * 7, 128),
         relu3=nn.ReLU(),
         dropout=nn.Dropout(0.5),
         fc2=nn.Linear(128, 10),  # -> (N, 10) logits
@@ -55,11 +62,12 @@ def _simple_cnn_stages(conv, pool):
 class SimpleCNN(_Network):
     """The series' network, on the from-scratch ``Conv2D`` and ``MaxPool2D``: 421,642 parameters.
 
-    x: (N, 1, 28, 28) normalised MNIST digits -> (N, 10) logits.
+    x: (N, 1, 28, 28) normalised MNIST digits -> (N, 10) logits. channels: the widths of conv1 and
+    conv2 (the published network: 32 and 64).
     """
 
-    def __init__(self):
-        super().__init__(_simple_cnn_stages(Conv2D, MaxPool2D))
+    def __init__(self, channels=(32, 64)):
+        super().__init__(simple_cnn_stages(Conv2D, MaxPool2D, channels))
 
 
 class SimpleCNNBuiltin(_Network):
@@ -69,8 +77,8 @@ class SimpleCNNBuiltin(_Network):
     from PyTorch's default initialisation, not Xavier; load a SimpleCNN's state_dict to compare outputs.
     """
 
-    def __init__(self):
-        super().__init__(_simple_cnn_stages(nn.Conv2d, nn.MaxPool2d))
+    def __init__(self, channels=(32, 64)):
+        super().__init__(simple_cnn_stages(nn.Conv2d, nn.MaxPool2d, channels))
 
 
 class MLP(_Network):

@@ -19,8 +19,13 @@ HAND_KERNELS = {
 PATTERNS = {name: k for name, k in HAND_KERNELS.items() if "edge" in name}
 PATTERNS["spot"] = torch.tensor([[-1.0, -1, -1], [-1, 8, -1], [-1, -1, -1]])
 
-def show_images(images, titles=None, ncols=8, cmap="gray", suptitle=None, size=1.3, colorbar=False):
-    """A grid of 2-D images, each with an optional title. images: (N, H, W) or (N, 1, H, W). Returns the figure."""
+def show_images(images, titles=None, ncols=8, cmap="gray", suptitle=None, size=1.3, colorbar=False, signed=False):
+    """A grid of 2-D images, each with an optional title. images: (N, H, W) or (N, 1, H, W). Returns the figure.
+
+    signed=True is for maps with a sign (filters, edge responses, gradients): each panel gets a red/blue
+    scale symmetric about 0 (white = 0, red = positive, blue = negative) and its own colour bar, since
+    panels differ in range.
+    """
     images = [torch.as_tensor(im).detach().cpu().squeeze().numpy() for im in images]
     ncols = min(ncols, len(images))
     nrows = math.ceil(len(images) / ncols)
@@ -28,10 +33,14 @@ def show_images(images, titles=None, ncols=8, cmap="gray", suptitle=None, size=1
     for ax in axes.flat:
         ax.axis("off")
     for i, (ax, im) in enumerate(zip(axes.flat, images)):
-        shown = ax.imshow(im, cmap=cmap)
+        if signed:
+            limit = float(abs(im).max()) or 1.0
+            shown = ax.imshow(im, cmap="RdBu_r", vmin=-limit, vmax=limit)
+        else:
+            shown = ax.imshow(im, cmap=cmap)
         if titles is not None:
             ax.set_title(titles[i], fontsize=8)
-        if colorbar:
+        if colorbar or signed:
             fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
     if suptitle:
         fig.suptitle(suptitle)

@@ -2,7 +2,7 @@
 
 import torch
 
-from helpers import MLP, SimpleCNN, SimpleCNNBuiltin
+from helpers import MLP, SimpleCNN, SimpleCNNBuiltin, simple_cnn_stages
 
 
 def test_parameter_count_matches_the_write_up():
@@ -42,3 +42,12 @@ def test_mlp_has_about_as_many_parameters():
     mlp = MLP()
     assert sum(p.numel() for p in mlp.parameters()) == 784 * 512 + 512 + 512 * 10 + 10 == 407_050
     assert mlp(torch.randn(3, 1, 28, 28)).shape == (3, 10)
+
+
+def test_variants_from_the_public_stages():
+    narrow = SimpleCNN(channels=(8, 64))
+    assert narrow.param_counts()["conv1"] == 8 * 9 + 8 and narrow.param_counts()["conv2"] == 64 * 8 * 9 + 64
+    assert narrow(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    stages = simple_cnn_stages(channels=(16, 32))
+    assert list(stages) == [name for name, _ in SimpleCNN().named_children()]
+    assert stages["fc1"].in_features == 32 * 7 * 7

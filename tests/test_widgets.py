@@ -114,3 +114,11 @@ def test_shift_images_moves_pixels_and_fills_background():
     assert moved[0, 0, 4, 0] == pytest.approx(-helpers.MNIST_MEAN / helpers.MNIST_STD)
     with pytest.raises(ValueError, match="out of the frame"):
         helpers.shift_images(x, 5, 0)
+
+
+def test_signed_maps_get_a_scale_symmetric_about_zero():
+    maps = torch.tensor([[[-1.0, 3.0], [0, 0]], [[0.5, 0.2], [0, 0]]])  # (2, 2, 2)
+    fig = helpers.show_images(maps, signed=True)
+    images = [ax.images[0] for ax in fig.axes if ax.images]
+    assert [im.get_clim() for im in images] == [(-3.0, 3.0), (-0.5, 0.5)]  # white is 0 in every panel
+    assert len(fig.axes) == 4  # two panels, two colour bars
