@@ -46,5 +46,6 @@ from .viz import (  # noqa: E402
     plot_history,
     plot_predictions,
     show_images,
+    top_patches,
 )
 from .widgets import channel_grid_explorer, feature_map_explorer, filter_evolution, shift_explorer  # noqa: E402

@@ -26,6 +26,24 @@ class _Network(nn.Sequential):
             outputs[name] = x
         return outputs
 
+    def receptive_field(self, layer):
+        """(size, jump, start): the square of input pixels one unit of ``layer`` sees.
+
+        Unit (i, j) of that layer's map sees input rows start + i*jump ... start + i*jump + size - 1 (and
+        the same for columns); a negative start reaches into the padding. The rule, stage by stage: a
+        k x k window with stride s and padding p grows the field by (k - 1) * jump, moves its start by
+        -p * jump, and multiplies the jump by s. For SimpleCNN: conv1 (3, 1, -1), pool1 (4, 2, -1),
+        conv2 (8, 2, -3), pool2 (10, 4, -3).
+        """
+        size, jump, start = 1, 1, 0
+        for name, stage in self.named_children():
+            if hasattr(stage, "kernel_size"):
+                k, s, p = (_first(getattr(stage, a, 0)) for a in ("kernel_size", "stride", "padding"))
+                size, start, jump = size + (k - 1) * jump, start - p * jump, jump * s
+            if name == layer:
+                return size, jump, start
+        raise ValueError(f"{type(self).__name__} has no stage {layer!r}; its stages: {', '.join(n for n, _ in self.named_children())}")
+
     def param_counts(self):
         """{stage name: number of parameters} for every stage that has any."""
         counts = {}
@@ -34,6 +52,11 @@ class _Network(nn.Sequential):
             if n:
                 counts[name] = n
         return counts
+
+
+def _first(value):
+    """nn.Conv2d keeps sizes as pairs (k, k); our layers keep one int."""
+    return value[0] if isinstance(value, tuple) else value
 
 
 def simple_cnn_stages(conv=Conv2D, pool=MaxPool2D, channels=(32, 64)):

@@ -4,7 +4,10 @@ import math
 
 import matplotlib.pyplot as plt
 import torch
+from torch import nn
 from torchvision.utils import make_grid
+
+from .data import MNIST_MEAN, MNIST_STD
 
 
 # hand-made 3x3 kernels: Sobel edge detectors (named by the direction of the edge they find), and a box blur
@@ -111,6 +114,36 @@ def describe_filters(weight, threshold=0.5):
         else:
             labels.append(names[similarity[f].abs().argmax()])
     return labels, similarity
+
+
+def top_patches(model, images, layer, k=8, batch_size=256):
+    """The k images that drive each channel of ``layer`` hardest, cut to what the winning unit sees.
+
+    images: (N, 1, 28, 28) normalised -> (patches (C, k, r, r), values (C, k), index (C, k)): for each
+    channel, the k largest activations anywhere in its map (at most one per image), the images they
+    came from, and the r x r receptive field of the winning unit (``model.receptive_field``), with
+    background where the field reaches past the border. Distill calls these "dataset examples".
+    """
+    size, jump, start = model.receptive_field(layer)
+    values, where = [], []
+    with torch.no_grad():
+        for x in images.split(batch_size):
+            out = model.activations(x)[layer].flatten(2)  # (B, C, H'*W')
+            best, position = out.max(2)  # each image's strongest unit, per channel
+            values.append(best)
+            where.append(position)
+    values, where = torch.cat(values), torch.cat(where)  # (N, C)
+    width = model.activations(images[:1])[layer].shape[-1]
+    top_values, index = values.t().topk(k, dim=1)  # (C, k)
+    position = where.t().gather(1, index)
+    rows, cols = start + (position // width) * jump, start + (position % width) * jump
+    pad = max(size, -start)
+    framed = nn.functional.pad(images[:, 0], (pad, pad, pad, pad), value=-MNIST_MEAN / MNIST_STD)  # black
+    patches = torch.stack([
+        torch.stack([framed[i, r + pad : r + pad + size, c + pad : c + pad + size] for i, r, c in zip(*row)])
+        for row in zip(index.tolist(), rows.tolist(), cols.tolist())
+    ])  # fmt: skip
+    return patches, top_values, index
 
 
 def plot_confusion(labels, predictions, classes=range(10)):

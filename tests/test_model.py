@@ -1,5 +1,6 @@
 """SimpleCNN's architecture, its built-in twin and the fully connected baseline."""
 
+import pytest
 import torch
 
 from helpers import MLP, SimpleCNN, SimpleCNNBuiltin, simple_cnn_stages
@@ -51,3 +52,23 @@ def test_variants_from_the_public_stages():
     stages = simple_cnn_stages(channels=(16, 32))
     assert list(stages) == [name for name, _ in SimpleCNN().named_children()]
     assert stages["fc1"].in_features == 32 * 7 * 7
+
+
+def test_receptive_field_matches_the_gradient_footprint():
+    model = SimpleCNN()
+    x = torch.randn(1, 1, 28, 28, requires_grad=True)
+    acts = model.activations(x)
+    expected = {"conv1": (3, 1, -1), "pool1": (4, 2, -1), "conv2": (8, 2, -3), "pool2": (10, 4, -3)}
+    for layer, field in expected.items():
+        assert model.receptive_field(layer) == field
+        size, jump, start = field
+        for i, j in [(0, 0), (2, 3), (acts[layer].shape[2] - 1, 1)]:
+            (grad,) = torch.autograd.grad(acts[layer][0, :, i, j].sum(), x, retain_graph=True)
+            rows, cols = (grad[0, 0] != 0).any(1).nonzero(), (grad[0, 0] != 0).any(0).nonzero()
+            lo, hi = start + i * jump, start + i * jump + size - 1
+            assert max(lo, 0) <= rows.min() and rows.max() <= min(hi, 27), (layer, i, j)
+            lo, hi = start + j * jump, start + j * jump + size - 1
+            assert max(lo, 0) <= cols.min() and cols.max() <= min(hi, 27), (layer, i, j)
+    assert SimpleCNNBuiltin().receptive_field("pool2") == (10, 4, -3)  # nn.Conv2d keeps sizes as pairs
+    with pytest.raises(ValueError, match="no stage 'conv3'"):
+        model.receptive_field("conv3")

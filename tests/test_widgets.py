@@ -122,3 +122,20 @@ def test_signed_maps_get_a_scale_symmetric_about_zero():
     images = [ax.images[0] for ax in fig.axes if ax.images]
     assert [im.get_clim() for im in images] == [(-3.0, 3.0), (-0.5, 0.5)]  # white is 0 in every panel
     assert len(fig.axes) == 4  # two panels, two colour bars
+
+
+def test_top_patches_are_the_strongest_units_cut_to_their_field(trained):
+    model, _, images, _ = trained
+    model.eval()
+    patches, values, index = helpers.top_patches(model, images, "relu2", k=3)
+    assert patches.shape == (64, 3, 8, 8) and values.shape == index.shape == (64, 3)
+    assert (values[:, :-1] >= values[:, 1:]).all()  # strongest first
+    with torch.no_grad():
+        acts = model.activations(images)["relu2"]
+    for c in (0, 17, 63):
+        for value, i in zip(values[c], index[c]):
+            assert value == acts[i, c].max()  # each value is the image's strongest unit of that channel
+        position = acts[index[c, 0], c].flatten().argmax().item()
+        r, q = -3 + (position // 14) * 2, -3 + (position % 14) * 2
+        framed = torch.nn.functional.pad(images[index[c, 0], 0], (8, 8, 8, 8), value=images.min().item())
+        assert torch.equal(patches[c, 0], framed[r + 8 : r + 16, q + 8 : q + 16])
