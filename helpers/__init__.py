@@ -38,6 +38,8 @@ from .train import RECIPE, evaluate, fit, pick_device, predict, quick_mode, set_
 from .viz import (  # noqa: E402
     HAND_KERNELS,
     describe_filters,
+    EDGE_ORIENTATIONS,
+    filter_kinds,
     PATTERNS,
     plot_all_channels,
     plot_confusion,

@@ -83,12 +83,13 @@ def channel_grid_explorer(model, images, labels, layers=FEATURE_LAYERS):
 def filter_evolution(history):
     """An epoch slider over conv1's filters as they were after each epoch (0 = before training)."""
     snapshots = [history["conv1_init"], *history["conv1"]]
+    limit = max(torch.tensor(w).abs().max().item() for w in snapshots)  # one colour scale for every epoch
     epoch = W.IntSlider(value=len(snapshots) - 1, min=0, max=len(snapshots) - 1, description="epoch")
 
     def draw(epoch):
         fig, ax = plt.subplots(figsize=(6, 3.2))
         when = "before training" if epoch == 0 else f"after epoch {epoch}"
-        return plot_filters(torch.tensor(snapshots[epoch]), title=f"conv1 filters {when}", ax=ax)
+        return plot_filters(torch.tensor(snapshots[epoch]), title=f"conv1 filters {when}", ax=ax, limit=limit)
 
     return _explorer({"epoch": epoch}, draw)
 
