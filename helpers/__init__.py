@@ -20,20 +20,23 @@ from .data import (  # noqa: E402
     load_mnist,
     mnist_tensors,
     normalize,
+    permute_pixels,
     shift_images,
 )
 from .layers import (  # noqa: E402
     Conv2D,
+    LocallyConnected2D,
     MaxPool2D,
     conv2d,
     conv2d_naive,
     im2col,
+    locally_connected2d,
     maxpool2d,
     maxpool2d_naive,
     output_size,
     xavier_uniform_,
 )
-from .model import MLP, SimpleCNN, SimpleCNNBuiltin, simple_cnn_stages  # noqa: E402
+from .model import MLP, LocallyConnectedCNN, SimpleCNN, SimpleCNNBuiltin, simple_cnn_stages  # noqa: E402
 from .train import RECIPE, evaluate, fit, pick_device, predict, quick_mode, set_seed, train_epoch  # noqa: E402
 from .viz import (  # noqa: E402
     HAND_KERNELS,

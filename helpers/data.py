@@ -75,3 +75,17 @@ def shift_images(images, dx, dy):
         ..., max(-dy, 0) : h - max(dy, 0), max(-dx, 0) : w - max(dx, 0)
     ]
     return out
+
+
+def permute_pixels(images, seed=0):
+    """Shuffle the pixel positions of every image with one fixed random permutation (the same for all).
+
+    images: (N, C, H, W) -> same shape; pixel p of every output image is pixel order[p] of its input,
+    with order = a random permutation of the H*W positions drawn from ``seed``. Apply it with the same
+    seed to the training and the test images: the digits become unrecognisable to a person, but no
+    information is lost, only which pixels are neighbours (the ablation that removes locality).
+    """
+    if images.dim() != 4:
+        raise ValueError(f"permute_pixels expects images of shape (N, C, H, W), got {tuple(images.shape)}")
+    order = torch.randperm(images.shape[-2] * images.shape[-1], generator=torch.Generator().manual_seed(seed))
+    return images.flatten(2)[..., order.to(images.device)].view_as(images)
