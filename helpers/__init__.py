@@ -22,6 +22,7 @@ from .data import (  # noqa: E402
     normalize,
     shift_images,
 )
+from .explain import grad_cam, saliency  # noqa: E402
 from .layers import (  # noqa: E402
     Conv2D,
     MaxPool2D,
