@@ -1,7 +1,8 @@
 """Convolutional networks from scratch: the code the notebooks import.
 
 One module per concept: layers (Conv2D, MaxPool2D), model (SimpleCNN), data (MNIST), train (fit and
-the command line), checkpoint, viz (figures) and widgets (sliders).
+the command line), checkpoint, viz (figures), widgets (sliders) and explain (why the network answered
+as it did: attribution maps, adversarial digits, activation maximisation).
 """
 
 import warnings
@@ -22,7 +23,19 @@ from .data import (  # noqa: E402
     normalize,
     shift_images,
 )
-from .explain import grad_cam, saliency  # noqa: E402
+from .explain import (  # noqa: E402
+    deletion_curve,
+    fgsm,
+    grad_cam,
+    gradient_x_input,
+    maximise,
+    occlusion,
+    pgd,
+    randomised,
+    saliency,
+    smoothgrad,
+    spearman,
+)
 from .layers import (  # noqa: E402
     Conv2D,
     MaxPool2D,
@@ -41,6 +54,7 @@ from .viz import (  # noqa: E402
     describe_filters,
     PATTERNS,
     plot_all_channels,
+    plot_attributions,
     plot_confusion,
     plot_feature_map,
     plot_filters,
@@ -50,3 +64,4 @@ from .viz import (  # noqa: E402
     top_patches,
 )
 from .widgets import channel_grid_explorer, feature_map_explorer, filter_evolution, shift_explorer  # noqa: E402
+from .widgets import explanation_explorer  # noqa: E402

@@ -139,3 +139,17 @@ def test_top_patches_are_the_strongest_units_cut_to_their_field(trained):
         r, q = -3 + (position // 14) * 2, -3 + (position % 14) * 2
         framed = torch.nn.functional.pad(images[index[c, 0], 0], (8, 8, 8, 8), value=images.min().item())
         assert torch.equal(patches[c, 0], framed[r + 8 : r + 16, q + 8 : q + 16])
+
+
+def test_explanation_explorer_redraws_for_every_image_and_class(trained):
+    model, _, images, labels = trained
+    box = widgets.explanation_explorer(model, images[:3], labels[:3])
+    ctl = controls(box)
+    titles = lambda: [ax.get_title() for ax in box.figure.axes]
+    assert titles()[:5] == [f"test image 0: a {labels[0]}\nexplaining {labels[0]} (100.0%)", *widgets.EXPLORER_METHODS]
+    seen = [pixels(box.figure)]
+    for name, value in [("test image", 2), ("explain", 3)]:
+        ctl[name].value = value
+        seen.append(pixels(box.figure))
+        assert not np.array_equal(seen[-1], seen[-2]), f"moving {name!r} did not redraw the figure"
+    assert titles()[0].startswith(f"test image 2: a {labels[2]}\nexplaining 3 (")
