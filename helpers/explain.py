@@ -27,13 +27,14 @@ WHITE = ((torch.tensor(1.0) - MNIST_MEAN) / MNIST_STD).item()
 
 @contextlib.contextmanager
 def _differentiable(model):
-    """Dropout off, gradients on (``evaluating`` switches them off), the weights frozen; all restored."""
+    """Dropout off, gradients on (``evaluating`` switches them off), the weights frozen; all restored.
+    Yields the model's device."""
     frozen = [p for p in model.parameters() if p.requires_grad]
-    with evaluating(model), torch.enable_grad():
+    with evaluating(model) as device, torch.enable_grad():
         try:
             for p in frozen:
                 p.requires_grad_(False)  # the layers then skip their weight gradients
-            yield
+            yield device
         finally:
             for p in frozen:
                 p.requires_grad_(True)
@@ -49,10 +50,11 @@ def _classes(target, n):
     return target.expand(n)
 
 
-def _chunks(images, target, batch_size):
-    """(images, target) in pieces of batch_size; target: (N,) or None."""
+def _chunks(images, target, batch_size, device):
+    """(images, target) in pieces of batch_size, on the model's device; target: (N,) or None."""
     for start in range(0, len(images), batch_size):
-        yield images[start : start + batch_size], None if target is None else target[start : start + batch_size]
+        x = images[start : start + batch_size].detach().to(device)
+        yield x, None if target is None else target[start : start + batch_size].to(device)
 
 
 def _scores(logits, target):
@@ -89,12 +91,12 @@ def saliency(model, images, target=None, batch_size=128):
     """
     _check_images(images)
     grads = []
-    with _differentiable(model):
-        for x, t in _chunks(images, _classes(target, len(images)), batch_size):
-            x = x.detach().clone().requires_grad_()
+    with _differentiable(model) as device:
+        for x, t in _chunks(images, _classes(target, len(images)), batch_size, device):
+            x.requires_grad_()  # the one input whose gradient we ask for
             # each image's logit depends only on that image: one backward of the sum gives every gradient
             (grad,) = torch.autograd.grad(_scores(model(x), t).sum(), x)
-            grads.append(grad)
+            grads.append(grad.to(images.device))
     return torch.cat(grads)
 
 
@@ -128,11 +130,11 @@ def smoothgrad(model, images, target=None, samples=25, sigma=0.15, seed=0):
 
 
 def _probabilities(model, images, target):
-    """The probability of each image's target class, (N,); softmax in float64, so that a drop from
-    0.99999999 to 0.9999999 is not rounded away."""
+    """The probability of each image's target class, (N,), in float64: a drop from 0.99999999 to
+    0.9999999 would round away in float32."""
     if len(images) == 0:
-        return images.new_zeros(0)
-    return predict(model, images).double().softmax(1).gather(1, target[:, None])[:, 0].to(images.dtype)
+        return torch.zeros(0, dtype=torch.float64)
+    return predict(model, images).double().softmax(1).gather(1, target[:, None])[:, 0]
 
 
 def occlusion(model, images, target=None, patch=6, stride=2, value=BLACK, batch_size=1024):
@@ -157,13 +159,13 @@ def occlusion(model, images, target=None, patch=6, stride=2, value=BLACK, batch_
     before = _probabilities(model, images, target)
     changes = (masks & (images[:, None] != value)).flatten(2).any(2)  # (N, P): the square covers some ink
     digit, square = changes.nonzero(as_tuple=True)
-    drop = images.new_zeros(changes.shape)
+    drop = torch.zeros(changes.shape, dtype=torch.float64)
     for start in range(0, len(digit), batch_size):
         d, q = digit[start : start + batch_size], square[start : start + batch_size]
         covered = torch.where(masks[q], torch.as_tensor(value, dtype=images.dtype), images[d])
         drop[d, q] = before[d] - _probabilities(model, covered, target[d])
     cover = masks.flatten(1).to(drop.dtype)  # (P, H*W): which pixels each square covers
-    return ((drop @ cover) / cover.sum(0)).view_as(images)  # each pixel: the mean drop of its squares
+    return ((drop @ cover) / cover.sum(0)).view_as(images).to(images.dtype)  # each pixel: the mean drop of its squares
 
 
 def deletion_curve(model, images, maps, target=None, step=28, value=BLACK, seed=0):
@@ -196,7 +198,7 @@ def deletion_curve(model, images, maps, target=None, step=28, value=BLACK, seed=
         probability = probability.clone()
         probability[changed] = _probabilities(model, deleted.view(-1, *images.shape[1:]), target[changed])
         curve.append(probability)
-    return counts, torch.stack(curve, 1)
+    return counts, torch.stack(curve, 1).to(images.dtype)
 
 
 # ----------------------------------------------------------------------------- class activation maps
@@ -212,12 +214,12 @@ def grad_cam(model, images, target=None, layer="relu2", batch_size=128):
     _check_images(images)
     head, tail = _stages(model, layer)
     cams = []
-    with _differentiable(model):
-        for x, t in _chunks(images, _classes(target, len(images)), batch_size):
+    with _differentiable(model) as device:
+        for x, t in _chunks(images, _classes(target, len(images)), batch_size, device):
             acts = head(x).detach().requires_grad_()  # the gradient stops here: no image gradient needed
             (grad,) = torch.autograd.grad(_scores(tail(acts), t).sum(), acts)
             weights = grad.mean(dim=(2, 3), keepdim=True)  # (n, C, 1, 1): one number per channel
-            cams.append(torch.relu((weights * acts.detach()).sum(1, keepdim=True)))  # (n, 1, h, w)
+            cams.append(torch.relu((weights * acts.detach()).sum(1, keepdim=True)).to(images.device))  # (n, 1, h, w)
     return nn.functional.interpolate(torch.cat(cams), size=images.shape[-2:], mode="bilinear", align_corners=False)
 
 
@@ -272,11 +274,11 @@ def spearman(a, b):
 
 def _loss_gradient(model, images, labels):
     """d cross-entropy(model(x), labels) / d x, for each image. images: (N, 1, 28, 28), labels: (N,)."""
-    x = images.detach().clone().requires_grad_()
-    with _differentiable(model):
-        loss = nn.functional.cross_entropy(model(x), labels, reduction="sum")  # per-image losses, summed
+    with _differentiable(model) as device:
+        x = images.detach().to(device).requires_grad_()
+        loss = nn.functional.cross_entropy(model(x), labels.to(device), reduction="sum")  # per-image losses, summed
         (grad,) = torch.autograd.grad(loss, x)
-    return grad
+    return grad.to(images.device)
 
 
 def fgsm(model, images, labels, epsilon, target=None):
@@ -316,7 +318,7 @@ def pgd(model, images, labels, epsilon, steps=10, step_size=None, target=None):
 
 def _blur(x):
     """A 3x3 Gaussian blur (weights 1-2-1), border pixels repeated. x: (N, 1, H, W)."""
-    k = torch.tensor([1.0, 2.0, 1.0], dtype=x.dtype)
+    k = torch.tensor([1.0, 2.0, 1.0], dtype=x.dtype, device=x.device)
     kernel = (k[:, None] * k[None, :] / 16).view(1, 1, 3, 3)
     return nn.functional.conv2d(nn.functional.pad(x, (1, 1, 1, 1), mode="replicate"), kernel)
 
@@ -335,9 +337,10 @@ def maximise(model, layer, channels, steps=128, lr=0.1, l2=1e-3, jitter=1, blur_
     Returns (images (len(channels), 1, 28, 28), the objective reached (len(channels),)).
     """
     head, _ = _stages(model, layer)
-    channels = torch.as_tensor(channels)
+    device = next(model.parameters()).device
+    channels = torch.as_tensor(channels, device=device)
     generator = torch.Generator().manual_seed(seed)
-    x = (BLACK + 0.1 * torch.randn(len(channels), 1, 28, 28, generator=generator)).requires_grad_()
+    x = (BLACK + 0.1 * torch.randn(len(channels), 1, 28, 28, generator=generator)).to(device).requires_grad_()
     optimiser = torch.optim.Adam([x], lr=lr)
 
     def objective(images):
@@ -359,4 +362,4 @@ def maximise(model, layer, channels, steps=128, lr=0.1, l2=1e-3, jitter=1, blur_
                     x.copy_(_blur(x))
                 x.clamp_(BLACK, WHITE)
         final = objective(x).detach()
-    return x.detach(), final
+    return x.detach().cpu(), final.cpu()

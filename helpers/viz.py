@@ -224,13 +224,14 @@ def plot_attributions(images, maps, titles=None, probabilities=None, overlay=("G
             m = torch.as_tensor(m[row]).detach().cpu().squeeze().double().numpy()
             if name in overlay:
                 top = float(m.max()) or 1.0
-                ax.imshow(digit, cmap="gray")
-                shown = ax.imshow(m, cmap="inferno", alpha=0.8 * m / top, vmin=0, vmax=top)
+                ax.imshow(digit, cmap="gray", vmin=digit.min(), vmax=2 * digit.max() - digit.min())  # dimmed: ink is grey
+                shown = ax.imshow(m, cmap="inferno", alpha=0.85 * m / top, vmin=0, vmax=top)
             else:
                 limit = float(abs(m).max()) or 1.0
                 shown = ax.imshow(m, cmap="RdBu_r", vmin=-limit, vmax=limit)
             ax.set_title(name, fontsize=8)
-            fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
+            bar = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04, format="%.2g")  # no offset text over the titles
+            bar.ax.tick_params(labelsize=7)
         for ax in axes[row, : ncols - (probabilities is not None)]:
             ax.axis("off")
         if probabilities is not None:

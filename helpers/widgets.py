@@ -134,7 +134,9 @@ def explanation_explorer(model, images, labels, methods=EXPLORER_METHODS):
         probabilities = predict(model, image).softmax(1)
         explained = int(probabilities.argmax()) if target == -1 else target
         maps = {name: explain.METHODS[name](model, image, explained) for name in methods}
-        title = f"test image {index}: a {int(labels[index])}\nexplaining {explained} ({float(probabilities[0, explained]):.1%})"
+        p = float(probabilities[0, explained])
+        shown = f"{p:.1%}" if p >= 1e-3 else f"{p:.0e}"  # "0.0%" would hide how unlikely the class is
+        title = f"test image {index}: a {int(labels[index])}\nexplaining {explained} (p = {shown})"
         return plot_attributions(image, maps, [title], probabilities)
 
     return _explorer({"index": index, "target": target}, draw)
