@@ -1,7 +1,8 @@
 """Convolutional networks from scratch: the code the notebooks import.
 
 One module per concept: layers (Conv2D, MaxPool2D), model (SimpleCNN), data (MNIST), train (fit and
-the command line), checkpoint, viz (figures) and widgets (sliders).
+the command line), checkpoint, viz (figures), widgets (sliders) and explain (why the network answered
+as it did: attribution maps, adversarial digits, activation maximisation).
 """
 
 import warnings
@@ -22,6 +23,19 @@ from .data import (  # noqa: E402
     normalize,
     permute_pixels,
     shift_images,
+)
+from .explain import (  # noqa: E402
+    deletion_curve,
+    fgsm,
+    grad_cam,
+    gradient_x_input,
+    maximise,
+    occlusion,
+    pgd,
+    randomised,
+    saliency,
+    smoothgrad,
+    spearman,
 )
 from .layers import (  # noqa: E402
     Conv2D,
@@ -45,6 +59,7 @@ from .viz import (  # noqa: E402
     filter_kinds,
     PATTERNS,
     plot_all_channels,
+    plot_attributions,
     plot_confusion,
     plot_feature_map,
     plot_filters,
@@ -54,3 +69,4 @@ from .viz import (  # noqa: E402
     top_patches,
 )
 from .widgets import channel_grid_explorer, feature_map_explorer, filter_evolution, shift_explorer  # noqa: E402
+from .widgets import explanation_explorer  # noqa: E402

@@ -276,3 +276,44 @@ def plot_predictions(image, probabilities, title="input"):
         ax.set_title(f"{name}: {best} ({p[best]:.0%})", fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def plot_attributions(images, maps, titles=None, probabilities=None, overlay=("Grad-CAM",), size=1.9):
+    """Each digit beside its attribution maps, one row per digit. Returns the figure.
+
+    images: (N, 1, 28, 28); maps: {method name: (N, 1, 28, 28)}; titles: one per digit; probabilities:
+    optional (N, 10), drawn as a bar chart at the end of each row. Signed maps get the scale of
+    ``show_images(signed=True)`` (red/blue symmetric about 0, own colour bar); the maps named in
+    ``overlay``, never negative by construction (Grad-CAM), are laid over the digit in heat colours,
+    transparent where they are 0.
+    """
+    images = torch.as_tensor(images).detach().cpu()
+    ncols = 1 + len(maps) + (probabilities is not None)
+    fig, axes = plt.subplots(len(images), ncols, figsize=(size * ncols, size * len(images)), squeeze=False)
+    for row, image in enumerate(images):
+        digit = image.squeeze().numpy()
+        axes[row, 0].imshow(digit, cmap="gray")
+        axes[row, 0].set_title(titles[row] if titles is not None else "input", fontsize=8)
+        for ax, (name, m) in zip(axes[row, 1:], maps.items()):
+            m = torch.as_tensor(m[row]).detach().cpu().squeeze().double().numpy()
+            if name in overlay:
+                top = float(m.max()) or 1.0
+                ax.imshow(digit, cmap="gray", vmin=digit.min(), vmax=2 * digit.max() - digit.min())  # dimmed: ink is grey
+                shown = ax.imshow(m, cmap="inferno", alpha=0.85 * m / top, vmin=0, vmax=top)
+            else:
+                limit = float(abs(m).max()) or 1.0
+                shown = ax.imshow(m, cmap="RdBu_r", vmin=-limit, vmax=limit)
+            ax.set_title(name, fontsize=8)
+            bar = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04, format="%.2g")  # no offset text over the titles
+            bar.ax.tick_params(labelsize=7)
+        for ax in axes[row, : ncols - (probabilities is not None)]:
+            ax.axis("off")
+        if probabilities is not None:
+            p = torch.as_tensor(probabilities[row]).detach().cpu().numpy()
+            ax = axes[row, -1]
+            ax.bar(range(10), p, color=["tab:orange" if d == p.argmax() else "tab:blue" for d in range(10)])
+            ax.set(ylim=(0, 1), xticks=range(10))
+            ax.tick_params(labelsize=7)
+            ax.set_title("probabilities", fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -9,9 +9,11 @@ import matplotlib.pyplot as plt
 import torch
 from IPython.display import display
 
+from . import explain
 from .data import shift_images
 from .train import evaluating, predict
 from .viz import plot_all_channels, plot_feature_map, plot_filters, plot_predictions
+from .viz import plot_attributions
 
 FEATURE_LAYERS = ("conv1", "relu1", "pool1", "conv2", "relu2", "pool2")
 
@@ -114,3 +116,28 @@ def shift_explorer(models, images, labels, max_shift=8):
         return plot_predictions(image[0], probabilities, title=title)
 
     return _explorer({"index": index, "dx": dx, "dy": dy}, draw, caption=predictions)
+
+
+EXPLORER_METHODS = ("gradient", "SmoothGrad", "occlusion", "Grad-CAM")
+
+
+def explanation_explorer(model, images, labels, methods=EXPLORER_METHODS):
+    """Pick a test image and the class to explain (its predicted class, or any digit); see the maps of
+    ``methods`` (names in ``helpers.explain.METHODS``) side by side, and the network's probabilities.
+
+    images: (N, 1, 28, 28) normalised, labels: (N,).
+    """
+    index = _image_slider(images)
+    target = W.Dropdown(options=[("predicted", -1)] + [(str(d), d) for d in range(10)], value=-1, description="explain")
+
+    def draw(index, target):
+        image = images[index : index + 1]
+        probabilities = predict(model, image).softmax(1)
+        explained = int(probabilities.argmax()) if target == -1 else target
+        maps = {name: explain.METHODS[name](model, image, explained) for name in methods}
+        p = float(probabilities[0, explained])
+        shown = f"{p:.1%}" if p >= 1e-3 else f"{p:.0e}"  # "0.0%" would hide how unlikely the class is
+        title = f"test image {index}: a {int(labels[index])}\nexplaining {explained} (p = {shown})"
+        return plot_attributions(image, maps, [title], probabilities)
+
+    return _explorer({"index": index, "target": target}, draw)

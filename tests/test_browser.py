@@ -1,7 +1,7 @@
 """The sliders as a reader uses them: JupyterLab (and Jupyter Notebook 7) in a real headless Chromium,
 driven by Playwright.
 
-Opens copies of notebooks 06 and 07 (so nothing is ever saved over the committed ones), runs all
+Opens copies of notebooks 06, 07 and 08 (so nothing is ever saved over the committed ones), runs all
 cells with CNN_QUICK=1, waits for the widgets to render as widgets, moves a slider with the keyboard
 and picks from a dropdown, and checks that the figure redrew. Screenshots of every step go to
 test-artifacts/browser/. Select with `pytest -m browser`, leave out with `-m "not browser"`.
@@ -169,7 +169,7 @@ def jupyter_server(work, app):
 
 def notebook_copies(tmp_path_factory):
     work = tmp_path_factory.mktemp("notebooks")
-    for name in ("06_feature_maps.ipynb", "07_why_cnns_work.ipynb"):
+    for name in ("06_feature_maps.ipynb", "07_why_cnns_work.ipynb", "08_why_that_answer.ipynb"):
         shutil.copy(ROOT / "notebooks" / name, work / name)  # never the committed files: nothing is saved over them
     return work
 
@@ -380,6 +380,19 @@ def test_shift_explorer_in_jupyterlab(browser, lab):
     assert shift.locator(".widget-readout").inner_text().strip() == "6"
     assert caption.inner_text() != predictions, "the predictions did not change with the shift"
     nb.shot("shifted-6")
+    nb.page.close()
+
+
+def test_explanation_explorer_in_jupyterlab(browser, lab):
+    nb = Notebook(browser, lab, "08_why_that_answer.ipynb")
+    nb.run_all()
+    cell = nb.widget_cell("explanation_explorer(")
+    image_slider = cell.locator(".widget-slider").first
+    nb.redraws(cell, lambda: press(nb, image_slider.locator(".noUi-handle"), "ArrowRight", times=1))
+    assert image_slider.locator(".widget-readout").inner_text().strip() == "1"
+    nb.shot("explain-image-1")
+    nb.redraws(cell, lambda: cell.locator("select").select_option(label="3"))  # why (not) a 3?
+    nb.shot("explain-class-3")
     nb.page.close()
 
 

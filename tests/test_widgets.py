@@ -218,3 +218,17 @@ def test_signed_feature_maps_and_filters_are_centred_on_zero(trained):
     grid = helpers.plot_all_channels(acts, "conv1")
     assert all(lo == -hi for lo, hi in (ax.images[0].get_clim() for ax in grid.axes if ax.images))
     plt.close("all")
+
+
+def test_explanation_explorer_redraws_for_every_image_and_class(trained):
+    model, _, images, labels = trained
+    box = widgets.explanation_explorer(model, images[:3], labels[:3])
+    ctl = controls(box)
+    titles = lambda: [ax.get_title() for ax in box.figure.axes]
+    assert titles()[:5] == [f"test image 0: a {labels[0]}\nexplaining {labels[0]} (p = 100.0%)", *widgets.EXPLORER_METHODS]
+    seen = [pixels(box.figure)]
+    for name, value in [("test image", 2), ("explain", 3)]:
+        ctl[name].value = value
+        seen.append(pixels(box.figure))
+        assert not np.array_equal(seen[-1], seen[-2]), f"moving {name!r} did not redraw the figure"
+    assert titles()[0] == f"test image 2: a {labels[2]}\nexplaining 3 (p = 2e-14)"  # tiny: not "0.0%"
