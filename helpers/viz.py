@@ -216,11 +216,11 @@ def plot_answer(image, probabilities, maps=None, drawing=None, title=None):
     maps = maps or {}
     top = ([drawing] if drawing is not None else []) + [image] + list(maps.values())
     n_top, n_bars = len(top), len(probabilities)
-    fig = plt.figure(figsize=(max(2.4 * n_top, 3.6 * n_bars), 4.8))
-    grid = fig.add_gridspec(2, n_top * n_bars, height_ratios=[1.2, 1], hspace=0.3, wspace=3,
-                            left=0.09, right=0.91, top=0.88 if title else 0.93, bottom=0.1)  # fmt: skip
-    axes = [fig.add_subplot(grid[0, i * n_bars : (i + 1) * n_bars]) for i in range(n_top)]
-    bars = [fig.add_subplot(grid[1, j * n_top : (j + 1) * n_top]) for j in range(n_bars)]
+    fig = plt.figure(figsize=(max(2.2 * n_top, 3.3 * n_bars), 4.6))
+    upper = fig.add_gridspec(1, n_top, left=0.04, right=0.9, top=0.86 if title else 0.92, bottom=0.56, wspace=0.35)
+    lower = fig.add_gridspec(1, n_bars, left=0.09, right=0.93, top=0.44, bottom=0.1, wspace=0.3)
+    axes = [fig.add_subplot(upper[0, i]) for i in range(n_top)]
+    bars = [fig.add_subplot(lower[0, j]) for j in range(n_bars)]
     digit = image.squeeze().detach().cpu().numpy()
     outline = (0.3 - MNIST_MEAN) / MNIST_STD  # where the ink reaches 30% white
     for ax in axes:

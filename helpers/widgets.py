@@ -157,9 +157,11 @@ class DrawingPad(W.VBox):
         self.strokes, self.image, self.probabilities, self.figure, self.timings = [], None, {}, None, {}
         self._pen_is_down = False
         self.canvas = Canvas(width=size, height=size, layout=W.Layout(width=f"{size}px", height=f"{size}px"))
-        self.pen = W.IntSlider(value=width, min=2, max=60, description="pen width", continuous_update=False)
-        clear = W.Button(description="Clear", icon="eraser", layout=W.Layout(width="90px"))
-        self.preprocess = W.Checkbox(value=True, description="MNIST-style preprocessing", indent=False)
+        self.pen = W.IntSlider(value=width, min=2, max=100, description="pen width", continuous_update=False,
+                               layout=W.Layout(width=f"{size}px"))  # fmt: skip
+        clear = W.Button(description="Clear", icon="eraser", layout=W.Layout(width="80px"))
+        self.preprocess = W.Checkbox(value=True, description="MNIST-style preprocessing", indent=False,
+                                     layout=W.Layout(width="auto", margin="0 0 0 12px"))  # fmt: skip
         self.caption = W.HTML()
         self.picture = W.Image(format="png")  # the answer's figure, as PNG: no flicker, no double drawing
         self.features = self._feature_explorer(next(iter(self.models.values())))
@@ -263,7 +265,7 @@ class DrawingPad(W.VBox):
         self.figure = plot_answer(self.image, self.probabilities, maps)
         plt.close(self.figure)
         png = io.BytesIO()
-        self.figure.savefig(png, format="png")
+        self.figure.savefig(png, format="png", dpi=90)  # about 600 pixels wide: fits beside the pad
         self.picture.value, self.picture.layout.display = png.getvalue(), None
         self.timings["figure"] = time.perf_counter() - start
         self.features.children[0].children[-1].value += 1  # redraw the feature maps of the new input

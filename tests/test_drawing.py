@@ -231,3 +231,12 @@ def test_pad_controls_redo_the_answer(nets):
     layer, channel = pad.features.children[0].children[:2]
     layer.value = "conv2"
     assert channel.max == 63 and pad.features.figure.axes[1].get_title().startswith("conv2, channel")
+
+
+def test_pad_benchmark_runs(capsys):
+    from benchmarks import pad
+
+    pad.main(["--repeats", "1", "--digits", "2"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("pen-up to ..., median seconds over 2 answers") and lines[-1].startswith("ratio")
+    assert helpers.widgets._one_thread is pad.ONE_THREAD  # the pad's own choice is put back
