@@ -173,12 +173,12 @@ class DrawingPad(W.VBox):
         self.canvas.on_mouse_move(self.pen_move)
         self.canvas.on_mouse_up(self.pen_up)
         self.canvas.on_mouse_out(self.pen_up)  # leaving the pad lifts the pen
-        self.canvas.on_touch_start(lambda touches: self.pen_down(*touches[0]))
+        self.canvas.on_touch_start(lambda touches: self.pen_down(*touches[0]))  # the first finger draws
         self.canvas.on_touch_move(lambda touches: self.pen_move(*touches[0]))
-        self.canvas.on_touch_end(lambda touches: self.pen_up(*(touches[0] if touches else self.strokes[-1][-1])))
+        self.canvas.on_touch_end(self._touch_end)
         self.canvas.on_client_ready(self._paint)  # a new view of the pad starts blank: paint it
         clear.on_click(lambda _: self.clear())
-        self.pen.observe(lambda _: self._paint() or self.answer(), names="value")
+        self.pen.observe(lambda _: self._redraw(), names="value")
         self.preprocess.observe(lambda _: self.answer(), names="value")
         if drawing is not None:
             self.load(drawing)
@@ -205,6 +205,13 @@ class DrawingPad(W.VBox):
             self._pen_is_down = False
             self.answer()
 
+    def _touch_end(self, touches):
+        """touches: the fingers still down (none once the last one is lifted)."""
+        if touches:
+            self.pen_up(*touches[0])
+        elif self._pen_is_down:
+            self.pen_up(*self.strokes[-1][-1])
+
     def _on_pad(self, x, y):
         return (min(max(float(x), 0.0), self.size), min(max(float(y), 0.0), self.size))
 
@@ -216,14 +223,19 @@ class DrawingPad(W.VBox):
         self._paint()
         self.caption.value = "Draw a digit on the black square (white ink, any size, anywhere)."
         self.picture.layout.display = "none"
-        self.features.children[0].children[-1].value += 1  # the feature maps of a blank input
+        self._answers.value += 1  # the feature maps of a blank input
 
     def load(self, drawing):
         """Show one of ``load_drawings()`` on the pad (scaled to its size) and answer it."""
         scale = self.size / drawing.get("size", self.size)
         self.strokes = [[(x * scale, y * scale) for x, y in stroke] for stroke in drawing["strokes"]]
-        with self.pen.hold_trait_notifications():
-            self.pen.value = round(drawing.get("width", self.pen.value) * scale)
+        width = round(drawing.get("width", self.pen.value) * scale)
+        if width != self.pen.value:
+            self.pen.value = width  # its observer redraws
+        else:
+            self._redraw()
+
+    def _redraw(self):
         self._paint()
         self.answer()
 
@@ -268,7 +280,7 @@ class DrawingPad(W.VBox):
         self.figure.savefig(png, format="png", dpi=90)  # about 600 pixels wide: fits beside the pad
         self.picture.value, self.picture.layout.display = png.getvalue(), None
         self.timings["figure"] = time.perf_counter() - start
-        self.features.children[0].children[-1].value += 1  # redraw the feature maps of the new input
+        self._answers.value += 1  # redraw the feature maps of the new input
         self.timings["feature maps"] = time.perf_counter() - start
 
     def _feature_explorer(self, model):
@@ -278,11 +290,11 @@ class DrawingPad(W.VBox):
         layer = W.Dropdown(options=list(channels), value="relu1", description="layer")
         channel = W.IntSlider(value=0, min=0, max=channels["relu1"] - 1, description="channel")
         layer.observe(lambda change: setattr(channel, "max", channels[change["new"]] - 1), names="value")
-        answers = W.IntText(value=0, layout=W.Layout(display="none"))  # counts answers: each one redraws
+        self._answers = W.IntText(value=0, layout=W.Layout(display="none"))  # counts answers: each one redraws
 
         def draw(layer, channel, answers):
             image = blank if self.image is None else self.image
             title = "blank pad" if self.image is None else "your drawing, as the network gets it"
             return plot_feature_map(_activations(model, image), image, layer, channel, title=title)
 
-        return _explorer({"layer": layer, "channel": channel, "answers": answers}, draw)
+        return _explorer({"layer": layer, "channel": channel, "answers": self._answers}, draw)

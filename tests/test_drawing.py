@@ -206,6 +206,8 @@ def test_pad_records_strokes_from_mouse_events(nets):
 def test_pad_answers_what_the_pipeline_computes(nets):
     pad = DrawingPad(nets, {"Grad-CAM": grad_cam, "saliency": saliency})
     oval = [(140 + 55 * torch.cos(t).item(), 140 + 90 * torch.sin(t).item()) for t in torch.linspace(0, 6.4, 40)]
+    event(pad, "touch_end", touches=[])  # a lifted finger with nothing drawn: nothing happens
+    assert pad.strokes == []
     draw(pad, oval, touch=True)  # with a finger
     x = mnist_style(render_strokes(pad.strokes, 280, pad.pen.value))
     assert torch.equal(pad.image, x)
@@ -222,15 +224,20 @@ def test_pad_controls_redo_the_answer(nets):
     seven = load_drawings()[7]
     pad = DrawingPad(nets, drawing=seven)
     assert pad.pen.value == seven["width"] and pad.probabilities["SimpleCNN"].argmax() == 7
+    assert pad._answers.value == 1  # loading a drawing answers it once
     assert torch.get_num_threads() == threads  # the answer runs on one thread and restores the count
     before = pad.image.clone()
     pad.pen.value = 50  # a thicker pen: the same strokes, redrawn and answered again
-    assert not torch.equal(pad.image, before)
+    assert not torch.equal(pad.image, before) and pad._answers.value == 2
     pad.preprocess.value = False  # no preprocessing: the whole pad squeezed to 28 x 28
     assert torch.equal(pad.image, squeeze_to_frame(render_strokes(pad.strokes, 280, 50)))
     layer, channel = pad.features.children[0].children[:2]
     layer.value = "conv2"
     assert channel.max == 63 and pad.features.figure.axes[1].get_title().startswith("conv2, channel")
+    answers = pad._answers.value
+    pad.load(dict(seven, width=10, size=140))  # a drawing from a smaller pad is scaled to this one
+    assert pad.pen.value == 20 and pad.strokes[0][0] == tuple(2.0 * v for v in seven["strokes"][0][0])
+    assert pad._answers.value == answers + 1
 
 
 def test_pad_benchmark_runs(capsys):
