@@ -70,3 +70,8 @@ from .viz import (  # noqa: E402
 )
 from .widgets import channel_grid_explorer, feature_map_explorer, filter_evolution, shift_explorer  # noqa: E402
 from .widgets import explanation_explorer  # noqa: E402
+# notebook 09: your own digits, drawn on a pad, prepared as MNIST's were
+from .data import center_by_mass, fit_to_box, ink_box, load_drawings, mnist_style, render_strokes  # noqa: E402
+from .data import squeeze_to_frame, zoom_images  # noqa: E402
+from .viz import plot_answer  # noqa: E402
+from .widgets import DrawingPad  # noqa: E402

@@ -316,4 +316,53 @@ def plot_attributions(images, maps, titles=None, probabilities=None, overlay=("G
             ax.tick_params(labelsize=7)
             ax.set_title("probabilities", fontsize=8)
     fig.tight_layout()
+
+
+def plot_answer(image, probabilities, maps=None, drawing=None, title=None):
+    """A drawn digit's answer: what the networks receive, why the first one answered, and their probabilities.
+
+    image: (1, 28, 28) normalised, the networks' input; probabilities: {model name: (10,)};
+    maps: {title: (1, 28, 28)} explanation maps of that input: a signed one (saliency) in red/blue
+    symmetric about 0 with a colour bar, a non-negative one (Grad-CAM) in yellow over the digit; both
+    with the digit's outline. drawing: (H, W) in [0, 1], the pad as drawn, shown first when given.
+    A plain grid, no automatic layout: the pad redraws this after every stroke, so it must be quick.
+    """
+    maps = maps or {}
+    top = ([drawing] if drawing is not None else []) + [image] + list(maps.values())
+    n_top, n_bars = len(top), len(probabilities)
+    fig = plt.figure(figsize=(max(2.2 * n_top, 3.3 * n_bars), 4.6))
+    upper = fig.add_gridspec(1, n_top, left=0.04, right=0.9, top=0.86 if title else 0.92, bottom=0.56, wspace=0.35)
+    lower = fig.add_gridspec(1, n_bars, left=0.09, right=0.93, top=0.44, bottom=0.1, wspace=0.3)
+    axes = [fig.add_subplot(upper[0, i]) for i in range(n_top)]
+    bars = [fig.add_subplot(lower[0, j]) for j in range(n_bars)]
+    digit = image.squeeze().detach().cpu().numpy()
+    outline = (0.3 - MNIST_MEAN) / MNIST_STD  # where the ink reaches 30% white
+    for ax in axes:
+        ax.axis("off")
+    if drawing is not None:
+        axes[0].imshow(torch.as_tensor(drawing).cpu().numpy(), cmap="gray", vmin=0, vmax=1)
+        axes[0].set_title(f"the drawing ({drawing.shape[-1]}×{drawing.shape[-2]})", fontsize=9)
+    ax_in = axes[n_top - len(maps) - 1]
+    ax_in.imshow(digit, cmap="gray")
+    ax_in.set_title("the networks' input (28×28)", fontsize=9)
+    for ax, (name, m) in zip(axes[n_top - len(maps) :], maps.items()):
+        m = m.squeeze().detach().cpu().numpy()
+        if m.min() < 0:
+            limit = float(abs(m).max()) or 1.0
+            shown = ax.imshow(m, cmap="RdBu_r", vmin=-limit, vmax=limit)
+            bar = fig.colorbar(shown, cax=ax.inset_axes([1.04, 0, 0.06, 1]))  # beside it: the panel keeps its size
+            bar.ax.tick_params(labelsize=7)
+        else:
+            ax.imshow(digit, cmap="gray")
+            ax.imshow(m, cmap="inferno", alpha=0.6, vmin=0, vmax=float(m.max()) or 1.0)
+        ax.contour(digit, levels=[outline], colors="k" if m.min() < 0 else "w", linewidths=0.6)
+        ax.set_title(name, fontsize=9)
+    for ax, (name, p) in zip(bars, probabilities.items()):
+        p = p.detach().cpu().numpy()
+        best = int(p.argmax())
+        ax.bar(range(10), p, color=["tab:orange" if d == best else "tab:blue" for d in range(10)])
+        ax.set(ylim=(0, 1), xticks=range(10), xlabel="digit", ylabel="probability")
+        ax.set_title(f"{name}: {best} ({p[best]:.0%})", fontsize=10)
+    if title:
+        fig.suptitle(title, fontsize=11)
     return fig
