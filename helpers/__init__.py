@@ -1,7 +1,7 @@
 """Convolutional networks from scratch: the code the notebooks import.
 
 One module per concept: layers (Conv2D, MaxPool2D), model (SimpleCNN), data (MNIST), train (fit and
-the command line), checkpoint, viz (figures), widgets (sliders) and explain (why the network answered
+the command line), checkpoint, viz (figures), widgets (sliders and the drawing pad) and explain (why the network answered
 as it did: attribution maps, adversarial digits, activation maximisation).
 """
 
@@ -18,11 +18,19 @@ from .data import (  # noqa: E402
     MNIST_MEAN,
     MNIST_STD,
     batches,
+    center_by_mass,
+    fit_to_box,
+    ink_box,
+    load_drawings,
     load_mnist,
+    mnist_style,
     mnist_tensors,
     normalize,
     permute_pixels,
+    render_strokes,
     shift_images,
+    squeeze_to_frame,
+    zoom_images,
 )
 from .explain import (  # noqa: E402
     deletion_curve,
@@ -59,6 +67,7 @@ from .viz import (  # noqa: E402
     filter_kinds,
     PATTERNS,
     plot_all_channels,
+    plot_answer,
     plot_attributions,
     plot_confusion,
     plot_feature_map,
@@ -68,10 +77,11 @@ from .viz import (  # noqa: E402
     show_images,
     top_patches,
 )
-from .widgets import channel_grid_explorer, feature_map_explorer, filter_evolution, shift_explorer  # noqa: E402
-from .widgets import explanation_explorer  # noqa: E402
-# notebook 09: your own digits, drawn on a pad, prepared as MNIST's were
-from .data import center_by_mass, fit_to_box, ink_box, load_drawings, mnist_style, render_strokes  # noqa: E402
-from .data import squeeze_to_frame, zoom_images  # noqa: E402
-from .viz import plot_answer  # noqa: E402
-from .widgets import DrawingPad  # noqa: E402
+from .widgets import (  # noqa: E402
+    DrawingPad,
+    channel_grid_explorer,
+    explanation_explorer,
+    feature_map_explorer,
+    filter_evolution,
+    shift_explorer,
+)

@@ -316,6 +316,7 @@ def plot_attributions(images, maps, titles=None, probabilities=None, overlay=("G
             ax.tick_params(labelsize=7)
             ax.set_title("probabilities", fontsize=8)
     fig.tight_layout()
+    return fig
 
 
 def plot_answer(image, probabilities, maps=None, drawing=None, title=None):

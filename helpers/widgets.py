@@ -146,6 +146,8 @@ def explanation_explorer(model, images, labels, methods=EXPLORER_METHODS):
         return plot_attributions(image, maps, [title], probabilities)
 
     return _explorer({"index": index, "target": target}, draw)
+
+
 @contextlib.contextmanager
 def _one_thread():
     """One image is too small to share between threads; on a busy CPU, waiting for the second thread
