@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .checkpoint import load_checkpoint, save_checkpoint, save_json
+from .checkpoint import load_checkpoint, remove_orphaned_temporaries, save_checkpoint, save_json
 from .data import DATA_DIR, batches, mnist_tensors
 from .model import SimpleCNN
 
@@ -228,6 +228,8 @@ def main(argv=None):
     out, history_path = args.out, args.out.with_suffix(".json")
     resume = None
     if args.resume:
+        for leftover in remove_orphaned_temporaries(out) + remove_orphaned_temporaries(history_path):
+            print(f"removed {leftover}, left behind by an interrupted save")
         ckpt = load_checkpoint(out)  # FileNotFoundError / CheckpointError say what is wrong
         config, resume = ckpt["config"], ckpt["training_state"]
         done = len(ckpt["history"].get("epoch", []))

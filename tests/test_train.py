@@ -1,12 +1,14 @@
 """Training on real MNIST: it learns, it is repeatable, and the command line resumes exactly."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
 
 import helpers.train
-from helpers import CHECKPOINT, SimpleCNN, evaluate, fit, load_checkpoint, mnist_tensors, set_seed
+from helpers import CHECKPOINT, SimpleCNN, evaluate, fit, load_checkpoint, mnist_tensors, save_checkpoint, set_seed
 from helpers.train import evaluating, main
 
 
@@ -124,3 +126,16 @@ def test_evaluating_turns_dropout_off_and_restores_the_mode_even_on_error():
     with evaluating(model):
         pass
     assert not model.training
+
+
+def test_resume_removes_what_killed_saves_left_behind(tmp_path, capsys):
+    out = tmp_path / "run.pt"
+    save_checkpoint(out, SimpleCNN(), {"epoch": [1]}, {"epochs": 1})
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # its process id now names no process: as after kill -9 during a save
+    leftovers = [tmp_path / f".run.pt.{child.pid}.q7x0k2ab.tmp", tmp_path / f".run.json.{child.pid}.q7x0k2ab.tmp"]
+    for leftover in leftovers:
+        leftover.write_bytes(b"half a file")
+    assert main(["--resume", "--out", str(out)]) == 0  # a finished run: nothing to train, but the garbage goes
+    assert not any(leftover.exists() for leftover in leftovers)
+    assert f"removed {leftovers[0]}, left behind by an interrupted save" in capsys.readouterr().out
