@@ -322,8 +322,6 @@ class MaxPool2DFunction(torch.autograd.Function):
         g = _nhwc(grad_out)
         h_out, w_out = g.shape[1:3]
         grad_x = g.new_zeros(ctx.in_shape)
-        if not g.sum().isfinite():  # rare: the mask product below would turn 0 * inf or 0 * NaN into NaN
-            return _nchw(_route_nonfinite(grad_x, winner, g, k, s)), None, None
         won = torch.empty_like(winner)
         for slot in range(k * k):  # col2im: each window position hands its gradient back to its pixel
             torch.eq(winner, slot, out=won)
@@ -341,15 +339,6 @@ def _nan_wins(x, winner, kernel_size, stride):
     h_out, w_out = winner.shape[1:3]
     for slot in range(kernel_size * kernel_size):
         winner.masked_fill_(_window_slot(x, *divmod(slot, kernel_size), stride, h_out, w_out).isnan(), slot)
-
-
-def _route_nonfinite(grad_x, winner, g, kernel_size, stride):
-    """The backward's routing for a gradient g holding inf or NaN: selected, not multiplied by a mask,
-    so that only the winners receive it, as in PyTorch. g: (N, H', W', C) -> grad_x: (N, H, W, C)."""
-    h_out, w_out = g.shape[1:3]
-    for slot in range(kernel_size * kernel_size):
-        _window_slot(grad_x, *divmod(slot, kernel_size), stride, h_out, w_out).add_(g.where(winner == slot, 0))
-    return grad_x
 
 
 def maxpool2d(x, kernel_size, stride=None):
