@@ -72,9 +72,18 @@ def predict(model, images, batch_size=128):
     At 128 images the largest buffer (conv2's im2col matrix) is 29 MB. glibc keeps freed blocks under
     32 MB for reuse but hands larger ones back to the OS, so bigger batches pay for fresh memory pages
     on every batch: 1,000 is about 1.8x slower on a CPU (benchmarks/choices.py).
+    The logits are copied into one tensor made after the first batch, so that nothing a batch allocates
+    outlives the batch. Collecting per-batch results for torch.cat left a small live block after every
+    batch among the large ones it had freed; glibc could not reuse the gaps, and its heap grew by
+    megabytes per batch and hundreds per evaluation (test_memory_levels_off_over_batches_and_epochs).
     """
     with evaluating(model) as device:
-        return torch.cat([model(x.to(device)).cpu() for x in images.split(batch_size)])
+        first = model(images[:batch_size].to(device))
+        logits = torch.empty(len(images), *first.shape[1:], dtype=first.dtype)
+        logits[: len(first)] = first
+        for start in range(batch_size, len(images), batch_size):
+            logits[start : start + batch_size] = model(images[start : start + batch_size].to(device))
+        return logits
 
 
 def evaluate(model, images, labels, batch_size=128):
