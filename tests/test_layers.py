@@ -27,7 +27,8 @@ def grads(fn, *tensors):
     """fn(*tensors) and the gradients of every tensor for the same (seeded) random upstream gradient."""
     out = fn(*tensors)
     torch.manual_seed(1)
-    upstream = torch.randn(out.shape, dtype=out.dtype)  # not randn_like: it would follow the memory layout
+    # not randn_like, which would follow the memory layout; made on the CPU, so that every device gets the same
+    upstream = torch.randn(out.shape, dtype=out.dtype).to(out.device)
     return out, torch.autograd.grad(out, tensors, upstream)
 
 
@@ -291,6 +292,9 @@ def test_on_a_gpu_the_layers_match_pytorch_and_refuse_mixed_devices():
         torch.testing.assert_close(a, b)
     with pytest.raises(ValueError, match=r"got input on cpu and weight on cuda:0: move one side"):
         Conv2D(3, 5, 3).cuda()(torch.randn(1, 3, 9, 9))
+    nan = torch.tensor([[5.0, 1], [float("nan"), 2]], device="cuda")[None, None].requires_grad_()
+    maxpool2d(nan, 2).backward(torch.ones(1, 1, 1, 1, device="cuda"))
+    assert nan.grad.flatten().tolist() == [0, 0, 1, 0]
 
 
 @pytest.mark.parametrize(
