@@ -510,6 +510,7 @@ def locally_connected2d(x, weight, bias=None, stride=1, padding=0):
     if not isinstance(weight, torch.Tensor) or weight.dim() != 6 or weight.shape[-1] != weight.shape[-2]:
         shape = tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__
         raise ValueError(f"locally_connected2d expects a weight of shape (H', W', F, C, k, k), got {shape}")
+    _check_tensors("locally_connected2d", x, weight, bias)
     h_out, w_out, n_filters, channels, k, _ = weight.shape
     if bias is not None and tuple(bias.shape) != (h_out, w_out, n_filters):
         raise ValueError(
@@ -525,12 +526,6 @@ def locally_connected2d(x, weight, bias=None, stride=1, padding=0):
             f"positions, but the weight holds filters for {h_out}x{w_out}; a locally connected layer only "
             "accepts the input size it was built for"
         )
-    for name, t in (("weight", weight), ("bias", bias)):
-        if t is not None and (t.dtype != x.dtype or t.device != x.device):
-            raise TypeError(
-                f"locally_connected2d: the input is {x.dtype} on {x.device} but the {name} is {t.dtype} on "
-                f"{t.device}; move one to the other (e.g. x.to(weight))"
-            )
     return LocallyConnected2DFunction.apply(x, weight, bias, stride, padding)
 
 

@@ -7,7 +7,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import Conv2D, MaxPool2D, conv2d, conv2d_naive, im2col, maxpool2d, maxpool2d_naive, xavier_uniform_
+from helpers import (
+    Conv2D,
+    LocallyConnected2D,
+    MaxPool2D,
+    conv2d,
+    conv2d_naive,
+    im2col,
+    maxpool2d,
+    maxpool2d_naive,
+    xavier_uniform_,
+)
 
 # (batch, in_channels, out_channels, height, width, kernel, stride, padding)
 CONV_CASES = [
@@ -262,12 +272,16 @@ def test_a_module_in_float64_names_the_fix_for_float32_images():
         Conv2D(1, 4, 3).double()(torch.randn(2, 1, 28, 28))
 
 
+LAYERS = [Conv2D(1, 4, 3), LocallyConnected2D(1, 4, 3, in_size=28)]
+
+
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.int64])
-def test_integer_images_are_refused_with_how_the_series_prepares_them(dtype):
+@pytest.mark.parametrize("layer", LAYERS, ids=lambda m: type(m).__name__)
+def test_integer_images_are_refused_with_how_the_series_prepares_them(dtype, layer):
     raw = torch.randint(0, 256, (2, 1, 28, 28)).to(dtype)  # as torchvision's MNIST.data stores them
     match = rf"floating-point images, got an input of dtype {dtype}: .*x.float\(\) / 255, then normalise "
     with pytest.raises(TypeError, match=match + r"\(helpers.mnist_tensors does both\)"):
-        Conv2D(1, 4, 3)(raw)
+        layer(raw)
     assert torch.equal(maxpool2d(raw, 2), F.max_pool2d(raw, 2))  # max pooling needs no arithmetic: integers are fine
 
 
