@@ -17,7 +17,6 @@ import time
 
 import helpers.train
 
-
 FIELDS = ("VmRSS", "VmHWM", "RssAnon", "RssFile")
 
 

@@ -186,9 +186,8 @@ def small_checkpoint(path):
 def same(a, b):
     """Equal to the bit: tensors by dtype, shape and value (NaN equal to NaN), everything else by ==."""
     if isinstance(a, torch.Tensor):
-        bits = lambda t: t.reshape(-1).view(torch.uint8)  # noqa: E731
         same_kind = isinstance(b, torch.Tensor) and (a.dtype, a.shape) == (b.dtype, b.shape)
-        return same_kind and torch.equal(bits(a), bits(b))
+        return same_kind and torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8))
     if isinstance(a, dict):
         return isinstance(b, dict) and list(a) == list(b) and all(same(a[k], b[k]) for k in a)
     if isinstance(a, (list, tuple)):

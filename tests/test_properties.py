@@ -16,14 +16,14 @@ from hypothesis import strategies as st
 from helpers import conv2d, maxpool2d
 
 EXAMPLES = settings(max_examples=200, derandomize=True, database=None, deadline=None)
-TOLERANCE = dict(rtol=1e-9, atol=1e-9)
+TOLERANCE = {"rtol": 1e-9, "atol": 1e-9}
 
 
 def pytorch_or_refusal(fn, *args):
     """fn(*args), or None when PyTorch refuses the arguments (whatever exception it raises)."""
     try:
         return fn(*args)
-    except Exception:
+    except Exception:  # noqa: BLE001 (PyTorch refuses with RuntimeError, ValueError, IndexError...)
         return None
 
 
