@@ -14,7 +14,14 @@ warnings.filterwarnings("ignore", message="'helpers.train' found in sys.modules"
 
 from . import viz, widgets  # noqa: E402
 from .check import check, random_inputs, rel_error  # noqa: E402
-from .checkpoint import CHECKPOINT, CheckpointError, load_checkpoint, save_checkpoint, save_json  # noqa: E402
+from .checkpoint import (  # noqa: E402
+    CHECKPOINT,
+    CheckpointError,
+    load_checkpoint,
+    remove_orphaned_temporaries,
+    save_checkpoint,
+    save_json,
+)
 from .data import (  # noqa: E402
     DATA_DIR,
     MNIST_MEAN,

@@ -11,6 +11,12 @@ Speed comes from layout, not from a built-in convolution: the fast path keeps ac
 channels-last (N, H, W, C) in memory while their shape stays (N, C, H, W), so every im2col row
 is a run of neighbouring memory and every matrix multiply writes its result already in the
 layout the next layer reads.
+
+Bad input gets an error that says what was expected, what came, and how to fix it, before any
+work is done: ``TypeError`` when an argument is not a tensor or has the wrong dtype (integer images,
+float32 mixed with float64: no value of that type would do, so convert it), ``ValueError`` when the
+shapes, sizes or devices do not fit together (everything PyTorch's own layers refuse as sizes).
+An empty batch (N = 0) is fine, as in PyTorch; images without channels or pixels are not.
 """
 
 import math
@@ -36,6 +42,11 @@ def _check_input(layer, x, in_channels=None):
         raise ValueError(
             f"{layer} expects a 4-D input (N, C, H, W), got {x.dim()}-D input of shape {tuple(x.shape)}{hint}"
         )
+    if x.shape[1] == 0 or (len(x) and 0 in x.shape[2:]):  # as PyTorch: an empty batch may hold empty images
+        raise ValueError(
+            f"{layer} expects images of at least 1 channel and 1x1 pixels (an empty batch, N = 0, is fine), "
+            f"got input shape {tuple(x.shape)}"
+        )
     if in_channels is not None and x.shape[1] != in_channels:
         raise ValueError(
             f"{layer} expects {in_channels} input channel(s), got {x.shape[1]} (input shape {tuple(x.shape)})"
@@ -45,8 +56,52 @@ def _check_input(layer, x, in_channels=None):
 def _check_weight(layer, weight, bias):
     if weight.dim() != 4 or weight.shape[2] != weight.shape[3]:
         raise ValueError(f"{layer} expects a weight of shape (F, C, k, k), got {tuple(weight.shape)}")
+    if 0 in weight.shape:
+        raise ValueError(f"{layer} expects a weight of at least 1 filter, 1 channel and 1x1, got {tuple(weight.shape)}")
     if bias is not None and tuple(bias.shape) != (weight.shape[0],):
         raise ValueError(f"{layer} expects a bias of shape ({weight.shape[0]},), one per filter, got {tuple(bias.shape)}")
+
+
+_CAST = {torch.float32: "float()", torch.float64: "double()", torch.float16: "half()", torch.bfloat16: "bfloat16()"}
+
+
+def _cast(name, dtype):
+    """The call that converts ``name`` to ``dtype``: "x.double()", or "x.to(torch.float8_e4m3fn)"."""
+    return f"{name}.{_CAST.get(dtype, f'to({dtype})')}"
+
+
+def _check_tensors(layer, x, weight, bias=None):
+    """Input, weight and bias (or None) of a layer with weights: floating-point images, one dtype and
+    one device for all three. Call it first: the shape checks assume tensors.
+
+    TypeError for something that is not a tensor or has the wrong dtype, ValueError for tensors on
+    different devices.
+    """
+    for name, t in (("input", x), ("weight", weight), ("bias", bias)):
+        if not isinstance(t, torch.Tensor) and not (name == "bias" and t is None):
+            raise TypeError(f"{layer} expects the {name} as a torch.Tensor, got {type(t).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(
+            f"{layer} takes floating-point images, got an input of dtype {x.dtype}: convert raw pixels "
+            "with x.float() / 255, then normalise (helpers.mnist_tensors does both)"
+        )
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is None:
+            continue
+        # converting x is a fix only for the weight (the bias comes second, when x already matches the weight)
+        either = name == "weight" and t.is_floating_point()
+        if t.dtype != x.dtype:
+            fix = f"one side, {_cast('x', t.dtype)} or " if either else "it, "
+            raise TypeError(
+                f"{layer} expects the input and the {name} in one dtype, got input {x.dtype} and {name} "
+                f"{t.dtype}: convert {fix}{_cast(name, x.dtype)} (a whole module: {_cast('layer', x.dtype)})"
+            )
+        if t.device != x.device:
+            fix = f"one side, x.to('{t.device}') or " if either else "it, "
+            raise ValueError(
+                f"{layer} expects the input and the {name} on one device, got input on {x.device} and {name} "
+                f"on {t.device}: move {fix}{name}.to('{x.device}') (a whole module: layer.to('{x.device}'))"
+            )
 
 
 def _check_window(layer, x, kernel_size, padding):
@@ -72,6 +127,7 @@ def conv2d_naive(x, weight, bias=None, stride=1, padding=0):
     x: (N, C, H, W), weight: (F, C, k, k), bias: (F,) or None -> out: (N, F, H', W')
     out[n, f, i, j] = sum over c, u, v of x_pad[n, c, i*stride + u, j*stride + v] * weight[f, c, u, v] + bias[f]
     """
+    _check_tensors("conv2d_naive", x, weight, bias)
     _check_weight("conv2d_naive", weight, bias)
     _check_input("conv2d_naive", x, weight.shape[1])
     k = weight.shape[2]
@@ -122,9 +178,9 @@ def im2col(x, kernel_size, stride=1, padding=0):
     if padding:
         x = nn.functional.pad(x, (0, 0, padding, padding, padding, padding))
     windows = x.unfold(1, kernel_size, stride).unfold(2, kernel_size, stride)  # (N, H', W', C, k, k)
-    n, h_out, w_out = windows.shape[:3]
+    n, h_out, w_out, c = windows.shape[:4]
     # (u, v, c) order: the innermost run of each row is k*C neighbouring floats in memory
-    return windows.permute(0, 1, 2, 4, 5, 3).reshape(n * h_out * w_out, -1)
+    return windows.permute(0, 1, 2, 4, 5, 3).reshape(n * h_out * w_out, kernel_size * kernel_size * c)
 
 
 def _window_slot(x, u, v, stride, out_h, out_w):
@@ -149,7 +205,7 @@ def _conv_nhwc(x, weight, bias, stride, padding):
     # addmm fuses the bias add into the matrix multiply
     out = torch.addmm(bias, cols, w_mat) if bias is not None else cols @ w_mat
     h_out, w_out = output_size(h, k, stride, padding), output_size(w, k, stride, padding)
-    return out.view(n, h_out, w_out, -1), cols
+    return out.view(n, h_out, w_out, weight.shape[0]), cols
 
 
 def _nchw(x_nhwc):
@@ -204,13 +260,13 @@ def _conv_input_grad(grad_out, weight, stride, padding, in_size):
     each product is a contiguous matrix, added straight onto the strided view of its pixels.
     """
     n, h_out, w_out, n_filters = grad_out.shape
-    k = weight.shape[2]
+    _, c, k, _ = weight.shape
     h, w = in_size
     g = grad_out.reshape(-1, n_filters)
-    grad_x = grad_out.new_zeros(n, h + 2 * padding, w + 2 * padding, weight.shape[1])
+    grad_x = grad_out.new_zeros(n, h + 2 * padding, w + 2 * padding, c)
     for u in range(k):
         for v in range(k):
-            block = (g @ weight[:, :, u, v]).view(n, h_out, w_out, -1)
+            block = (g @ weight[:, :, u, v]).view(n, h_out, w_out, c)
             _window_slot(grad_x, u, v, stride, h_out, w_out).add_(block)
     return grad_x[:, padding : padding + h, padding : padding + w]
 
@@ -223,6 +279,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
     """
     _check_size("stride", stride)
     _check_size("padding", padding, minimum=0)
+    _check_tensors("conv2d", x, weight, bias)
     _check_weight("conv2d", weight, bias)
     _check_input("conv2d", x, weight.shape[1])
     _check_window("conv2d", x, weight.shape[2], padding)
@@ -252,6 +309,8 @@ class MaxPool2DFunction(torch.autograd.Function):
             torch.gt(candidate, out, out=wins)  # 1.0 where strictly greater: on a tie the earlier one stays
             out = torch.maximum(out, candidate)
             winner.addcmul_(wins, slot - winner)  # winner = slot where wins, else unchanged
+        if out.sum().isnan():  # a NaN took over some window: rare, and one cheap pass over out tells
+            _nan_wins(x, winner, kernel_size, stride)
         ctx.save_for_backward(winner)
         ctx.kernel_size, ctx.stride, ctx.in_shape = kernel_size, stride, (n, h, w, c)
         return _nchw(out.contiguous())
@@ -268,6 +327,18 @@ class MaxPool2DFunction(torch.autograd.Function):
             torch.eq(winner, slot, out=won)
             _window_slot(grad_x, *divmod(slot, k), s, h_out, w_out).addcmul_(won, g)
         return _nchw(grad_x), None, None
+
+
+def _nan_wins(x, winner, kernel_size, stride):
+    """Make a window's last NaN its winner, in place, where PyTorch's max pooling sends the gradient.
+
+    The forward's ``torch.maximum`` keeps a NaN, but ``candidate > best`` is False for a NaN, so the winner
+    stayed at the largest number before it. PyTorch's kernel takes ``v > best or isnan(v)``: the last NaN.
+    x: (N, H, W, C), winner: (N, H', W', C).
+    """
+    h_out, w_out = winner.shape[1:3]
+    for slot in range(kernel_size * kernel_size):
+        winner.masked_fill_(_window_slot(x, *divmod(slot, kernel_size), stride, h_out, w_out).isnan(), slot)
 
 
 def maxpool2d(x, kernel_size, stride=None):
@@ -439,6 +510,7 @@ def locally_connected2d(x, weight, bias=None, stride=1, padding=0):
     if not isinstance(weight, torch.Tensor) or weight.dim() != 6 or weight.shape[-1] != weight.shape[-2]:
         shape = tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__
         raise ValueError(f"locally_connected2d expects a weight of shape (H', W', F, C, k, k), got {shape}")
+    _check_tensors("locally_connected2d", x, weight, bias)
     h_out, w_out, n_filters, channels, k, _ = weight.shape
     if bias is not None and tuple(bias.shape) != (h_out, w_out, n_filters):
         raise ValueError(
@@ -454,12 +526,6 @@ def locally_connected2d(x, weight, bias=None, stride=1, padding=0):
             f"positions, but the weight holds filters for {h_out}x{w_out}; a locally connected layer only "
             "accepts the input size it was built for"
         )
-    for name, t in (("weight", weight), ("bias", bias)):
-        if t is not None and (t.dtype != x.dtype or t.device != x.device):
-            raise TypeError(
-                f"locally_connected2d: the input is {x.dtype} on {x.device} but the {name} is {t.dtype} on "
-                f"{t.device}; move one to the other (e.g. x.to(weight))"
-            )
     return LocallyConnected2DFunction.apply(x, weight, bias, stride, padding)
 
 

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .checkpoint import load_checkpoint, save_checkpoint, save_json
+from .checkpoint import load_checkpoint, remove_orphaned_temporaries, save_checkpoint, save_json
 from .data import DATA_DIR, batches, mnist_tensors, permute_pixels
 from .layers import Conv2D
 from .model import MLP, LocallyConnectedCNN, SimpleCNN
@@ -75,9 +75,18 @@ def predict(model, images, batch_size=128):
     At 128 images the largest buffer (conv2's im2col matrix) is 29 MB. glibc keeps freed blocks under
     32 MB for reuse but hands larger ones back to the OS, so bigger batches pay for fresh memory pages
     on every batch: 1,000 is about 1.8x slower on a CPU (benchmarks/choices.py).
+    The logits are copied into one tensor made after the first batch, so that nothing a batch allocates
+    outlives the batch. Collecting per-batch results for torch.cat left a small live block after every
+    batch among the large ones it had freed; glibc could not reuse the gaps, and its heap grew by
+    megabytes per batch and hundreds per evaluation (test_memory_levels_off_over_batches_and_epochs).
     """
     with evaluating(model) as device:
-        return torch.cat([model(x.to(device)).cpu() for x in images.split(batch_size)])
+        first = model(images[:batch_size].to(device))
+        logits = torch.empty(len(images), *first.shape[1:], dtype=first.dtype)
+        logits[: len(first)] = first
+        for start in range(batch_size, len(images), batch_size):
+            logits[start : start + batch_size] = model(images[start : start + batch_size].to(device))
+        return logits
 
 
 def evaluate(model, images, labels, batch_size=128):
@@ -247,6 +256,8 @@ def main(argv=None):
     out, history_path = args.out, args.out.with_suffix(".json")
     resume = None
     if args.resume:
+        for leftover in remove_orphaned_temporaries(out) + remove_orphaned_temporaries(history_path):
+            print(f"removed {leftover}, left behind by an interrupted save")
         ckpt = load_checkpoint(out)  # FileNotFoundError / CheckpointError say what is wrong
         config, resume = ckpt["config"], ckpt["training_state"]
         done = len(ckpt["history"].get("epoch", []))

@@ -7,7 +7,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import Conv2D, MaxPool2D, conv2d, conv2d_naive, im2col, maxpool2d, maxpool2d_naive, xavier_uniform_
+from helpers import (
+    Conv2D,
+    LocallyConnected2D,
+    MaxPool2D,
+    conv2d,
+    conv2d_naive,
+    im2col,
+    maxpool2d,
+    maxpool2d_naive,
+    xavier_uniform_,
+)
 
 # (batch, in_channels, out_channels, height, width, kernel, stride, padding)
 CONV_CASES = [
@@ -27,7 +37,8 @@ def grads(fn, *tensors):
     """fn(*tensors) and the gradients of every tensor for the same (seeded) random upstream gradient."""
     out = fn(*tensors)
     torch.manual_seed(1)
-    upstream = torch.randn(out.shape, dtype=out.dtype)  # not randn_like: it would follow the memory layout
+    # not randn_like, which would follow the memory layout; made on the CPU, so that every device gets the same
+    upstream = torch.randn(out.shape, dtype=out.dtype).to(out.device)
     return out, torch.autograd.grad(out, tensors, upstream)
 
 
@@ -232,3 +243,142 @@ def test_all_parameter_combinations_give_pytorch_shapes():
         assert conv2d(x, torch.randn(3, 2, k, k), stride=s, padding=p).shape == F.conv2d(
             x, torch.randn(3, 2, k, k), stride=s, padding=p
         ).shape
+
+
+# ----------------------------------------------------------------------------- dtypes, devices, empty batches, NaN
+
+FLOATS = [torch.float32, torch.float64]
+
+
+# (input, weight, bias) dtypes, every mix
+MIXES = [d for d in itertools.product(FLOATS, FLOATS, FLOATS + [None]) if len(set(d) - {None}) > 1]
+
+
+@pytest.mark.parametrize("dtypes", MIXES)
+def test_mixed_dtypes_get_the_layers_own_error(dtypes):
+    x_dtype, w_dtype, b_dtype = dtypes
+    x, weight = torch.randn(2, 3, 6, 6, dtype=x_dtype), torch.randn(4, 3, 3, 3, dtype=w_dtype)
+    bias = None if b_dtype is None else torch.randn(4, dtype=b_dtype)
+    name, other = ("weight", w_dtype) if w_dtype != x_dtype else ("bias", b_dtype)
+    fix = {torch.float32: "float()", torch.float64: "double()"}
+    match = rf"one dtype, got input {x_dtype} and {name} {other}: convert .*{name}\.{fix[x_dtype]}"
+    with pytest.raises(TypeError, match=match):
+        conv2d(x, weight, bias, padding=1)
+
+
+def test_a_module_in_float64_names_the_fix_for_float32_images():
+    match = r"got input torch.float32 and weight torch.float64: convert one side, x.double\(\) or weight.float\(\) "
+    with pytest.raises(TypeError, match=match + r"\(a whole module: layer.float\(\)\)"):
+        Conv2D(1, 4, 3).double()(torch.randn(2, 1, 28, 28))
+
+
+LAYERS = [Conv2D(1, 4, 3), LocallyConnected2D(1, 4, 3, in_size=28)]
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int64])
+@pytest.mark.parametrize("layer", LAYERS, ids=lambda m: type(m).__name__)
+def test_integer_images_are_refused_with_how_the_series_prepares_them(dtype, layer):
+    raw = torch.randint(0, 256, (2, 1, 28, 28)).to(dtype)  # as torchvision's MNIST.data stores them
+    match = rf"floating-point images, got an input of dtype {dtype}: .*x.float\(\) / 255, then normalise "
+    with pytest.raises(TypeError, match=match + r"\(helpers.mnist_tensors does both\)"):
+        layer(raw)
+    assert torch.equal(maxpool2d(raw, 2), F.max_pool2d(raw, 2))  # max pooling needs no arithmetic: integers are fine
+
+
+def test_tensors_on_different_devices_get_the_layers_own_error():
+    # the "meta" device (shapes without data) stands in for a GPU on machines that have none
+    x, weight, bias = torch.randn(2, 3, 6, 6), torch.randn(4, 3, 3, 3), torch.randn(4)
+    with pytest.raises(ValueError, match=r"one device, got input on meta and weight on cpu: move one side, x.to\('cpu"):
+        conv2d(x.to("meta"), weight, bias)
+    with pytest.raises(ValueError, match=r"got input on cpu and bias on meta: move it, bias.to\('cpu'\)"):
+        conv2d(x, weight, bias.to("meta"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_a_gpu_the_layers_match_pytorch_and_refuse_mixed_devices():
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 9, 9, dtype=torch.float64, device="cuda", requires_grad=True)
+    weight = torch.randn(5, 3, 3, 3, dtype=torch.float64, device="cuda", requires_grad=True)
+    ours, our_grads = grads(lambda a, b: maxpool2d(conv2d(a, b, padding=1), 2), x, weight)
+    ref, ref_grads = grads(lambda a, b: F.max_pool2d(F.conv2d(a, b, padding=1), 2), x, weight)
+    torch.testing.assert_close(ours, ref)
+    for a, b in zip(our_grads, ref_grads):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match=r"got input on cpu and weight on cuda:0: move one side"):
+        Conv2D(3, 5, 3).cuda()(torch.randn(1, 3, 9, 9))
+    nan = torch.tensor([[5.0, 1], [float("nan"), 2]], device="cuda")[None, None].requires_grad_()
+    maxpool2d(nan, 2).backward(torch.ones(1, 1, 1, 1, device="cuda"))
+    assert nan.grad.flatten().tolist() == [0, 0, 1, 0]
+
+
+@pytest.mark.parametrize(
+    "ours_fn,ref_fn",
+    [
+        (lambda *t: conv2d(*t, padding=1), lambda *t: F.conv2d(*t, padding=1)),
+        (lambda *t: maxpool2d(conv2d(*t, stride=2), 2), lambda *t: F.max_pool2d(F.conv2d(*t, stride=2), 2)),
+    ],
+)
+def test_an_empty_batch_goes_forward_and_backward_like_pytorch(ours_fn, ref_fn):
+    torch.manual_seed(0)
+    x = torch.randn(0, 2, 5, 5, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(3, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    ours, our_grads = grads(ours_fn, x, weight, bias)
+    ref, ref_grads = grads(ref_fn, x, weight, bias)
+    assert ours.shape == ref.shape and ours.shape[0] == 0
+    for a, b in zip(our_grads, ref_grads):
+        assert torch.equal(a, b)  # empty for the input, zeros for the weight and bias
+
+
+def test_an_empty_batch_through_the_modules_and_simplecnn():
+    from helpers import SimpleCNN
+
+    assert Conv2D(2, 3, 3, padding=1)(torch.randn(0, 2, 5, 5)).shape == (0, 3, 5, 5)
+    assert MaxPool2D(2)(torch.randn(0, 2, 5, 5)).shape == (0, 2, 2, 2)
+    model = SimpleCNN()
+    logits = model(torch.randn(0, 1, 28, 28))
+    assert logits.shape == (0, 10)
+    torch.nn.functional.cross_entropy(logits, torch.zeros(0, dtype=torch.long), reduction="sum").backward()
+    assert all(torch.equal(p.grad, torch.zeros_like(p)) for p in model.parameters())
+
+
+def test_empty_images_and_kernels_are_refused_like_pytorch_refuses_them():
+    with pytest.raises(ValueError, match=r"images of at least 1 channel and 1x1 pixels .* input shape \(2, 2, 0, 5"):
+        conv2d(torch.randn(2, 2, 0, 5), torch.randn(3, 2, 1, 1), padding=1)
+    with pytest.raises(ValueError, match=r"got input shape \(2, 0, 5, 5\)"):
+        maxpool2d(torch.randn(2, 0, 5, 5), 2)
+    with pytest.raises(ValueError, match=r"a weight of at least 1 filter, 1 channel and 1x1, got \(0, 2, 3, 3\)"):
+        conv2d(torch.randn(2, 2, 5, 5), torch.randn(0, 2, 3, 3))
+
+
+NAN = float("nan")
+
+
+@pytest.mark.parametrize(
+    "window,nan_at",
+    [
+        ([[5.0, 1], [NAN, 2]], (1, 0)),  # the issue's example: the NaN after the maximum
+        ([[NAN, 1], [7, 2]], (0, 0)),  # the NaN first
+        ([[NAN, NAN], [1, 2]], (0, 1)),  # two NaNs: the last one, as PyTorch's `v > max or isnan(v)` picks
+    ],
+)
+def test_the_gradient_goes_to_the_nan_of_a_window_as_in_pytorch(window, nan_at):
+    x = torch.tensor(window)[None, None].requires_grad_()
+    out = maxpool2d(x, 2)
+    assert out.isnan().all()
+    out.backward(torch.ones_like(out))
+    expected = torch.zeros(2, 2)
+    expected[nan_at] = 1
+    assert torch.equal(x.grad[0, 0], expected)
+
+
+@pytest.mark.parametrize("k,s", [(2, 2), (3, 2), (2, 1), (3, 3)])
+def test_maxpool2d_with_nans_matches_pytorch(k, s):
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 9, 8, dtype=torch.float64)
+    x[torch.rand(x.shape) < 0.1] = NAN  # some windows one NaN, some several, most none
+    ours, (our_grad,) = grads(lambda t: maxpool2d(t, k, s), x.clone().requires_grad_())
+    ref, (ref_grad,) = grads(lambda t: F.max_pool2d(t, k, s), x.clone().requires_grad_())
+    assert ours.isnan().any()
+    torch.testing.assert_close(ours, ref, equal_nan=True)
+    torch.testing.assert_close(our_grad, ref_grad)  # overlapping windows add up in another order: not bit-equal
