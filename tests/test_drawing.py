@@ -17,6 +17,7 @@ from helpers.data import (  # noqa: E402
     ink_box,
     load_drawings,
     mnist_style,
+    place_digits,
     render_strokes,
     squeeze_to_frame,
     zoom_images,
@@ -151,6 +152,60 @@ def test_zoom_images_scales_about_the_centre(test_digits):
     h, w = box_size(ink(zoom_images(images[:1], 0.5)[0, 0]))
     assert max(h, w) in (10, 11)  # a 20-pixel digit at half size
     assert squeeze_to_frame(torch.ones(280, 280)).shape == (1, 28, 28)
+
+
+def test_ink_box_threshold_matters_only_for_grey_images(test_digits):
+    drawing = render_strokes(load_drawings()[3]["strokes"])
+    assert set(drawing.unique().tolist()) == {0.0, 1.0}  # the pen paints pure black and white
+    assert torch.equal(mnist_style(drawing), mnist_style(drawing, threshold=0.5))
+    grey = ink(zoom_images(test_digits[0][:1], 0.9)[0, 0])
+    assert ink_box(grey, 0.5) != ink_box(grey, 0.01)  # a grey edge: the box depends on what counts as ink
+
+
+def long_sides(images):
+    return torch.tensor([max(box_size(ink(x[0]))) for x in images])
+
+
+def test_place_digits_keeps_every_digit_whole(test_digits):
+    images, _ = test_digits
+    images = images[:50]
+    moved = place_digits(images, 1.0, generator=torch.Generator().manual_seed(1))
+    assert moved.shape == images.shape and moved.min().item() == pytest.approx(BLACK)
+    # scale 1: a pure move, every pixel of ink kept, and most digits do move
+    assert torch.allclose(ink(moved).sum((1, 2, 3)), ink(images).sum((1, 2, 3)), rtol=1e-4)
+    assert torch.allclose(ink(moved).flatten(1).sort(1).values, ink(images).flatten(1).sort(1).values, atol=1e-5)
+    assert (correlation(moved, images) < 0.9).float().mean() > 0.5
+    # resized: the long side of the non-black box follows the scale, whole in the frame (26 px fits in 28)
+    assert torch.equal(long_sides(place_digits(images, 1.3, generator=torch.Generator().manual_seed(2))),
+                       (long_sides(images) * 1.3).round().long())  # fmt: skip
+    assert long_sides(place_digits(images, 0.6)).tolist() == (long_sides(images) * 0.6).round().long().tolist()
+    sides = long_sides(place_digits(images, (0.6, 1.3), generator=torch.Generator().manual_seed(3)))
+    assert sides.min() >= 12 and sides.max() <= 26 and len(sides.unique()) > 5  # each digit its own size
+    assert long_sides(place_digits(images[:3], 2.0)).max() == 28  # too big for the frame: as big as it fits
+
+
+def test_place_digits_centre_and_randomness(test_digits):
+    images, _ = test_digits
+    images = images[:20]
+    small = place_digits(images, 0.6, at="centre")
+    for x in small:
+        cy, cx = center_of_mass(ink(x[0]))
+        assert abs(cy - 14) <= 0.5 and abs(cx - 14) <= 0.5
+    assert torch.allclose(place_digits(images, 1.0, at="centre"), images, atol=1e-5)  # MNIST's own place
+    a, b, c = (place_digits(images, 0.8, generator=torch.Generator().manual_seed(s)) for s in (0, 0, 1))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    with pytest.raises(ValueError, match="'random', or 'centre'"):
+        place_digits(images, 1.0, at="middle")
+
+
+def test_place_digits_as_training_augmentation(test_digits):
+    images, labels = test_digits
+    model = helpers.SimpleCNN()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    seen = []
+    augment = lambda x: seen.append(x) or place_digits(x, (0.6, 1.3))
+    helpers.train_epoch(model, optimizer, images[:128], labels[:128], progress=False, augment=augment)
+    assert len(seen) == 2 and seen[0].shape == (64, 1, 28, 28)
 
 
 # ----------------------------------------------------------------------------- the whole path
