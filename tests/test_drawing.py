@@ -23,6 +23,7 @@ from helpers.data import (  # noqa: E402
     zoom_images,
 )
 from helpers.explain import grad_cam, saliency  # noqa: E402
+from helpers.viz import plot_answer, plot_attributions  # noqa: E402
 from helpers.widgets import DrawingPad  # noqa: E402
 
 BLACK = -MNIST_MEAN / MNIST_STD  # a black pixel, normalised
@@ -215,6 +216,28 @@ def test_example_digits_are_read_by_simplecnn(nets):
     drawings = load_drawings()[:10]
     batch = torch.stack([mnist_style(render_strokes(d["strokes"], d["size"], d["width"])) for d in drawings])
     assert helpers.predict(nets["SimpleCNN"], batch).argmax(1).tolist() == list(range(10))
+
+
+def test_the_answer_draws_its_maps_as_notebook_08_does(nets):
+    """One way to draw an explanation map: plot_answer (notebook 09) and plot_attributions (08) agree."""
+    cnn = nets["SimpleCNN"]
+    x = mnist_style(render_strokes(load_drawings()[2]["strokes"]))
+    cam, grad = grad_cam(cnn, x[None]), saliency(cnn, x[None])
+    fig08 = plot_attributions(x[None], {"Grad-CAM": cam, "saliency": grad})
+    fig09 = plot_answer(x, {"SimpleCNN": helpers.predict(cnn, x[None])[0].softmax(0)},
+                        {"Grad-CAM for 2": cam[0], "saliency for 2": grad[0]})  # fmt: skip
+    for ax08, ax09 in zip(fig08.axes[1:3], fig09.axes[1:3]):
+        assert len(ax08.get_images()) == len(ax09.get_images())
+        for a, b in zip(ax08.get_images(), ax09.get_images()):
+            assert a.get_cmap().name == b.get_cmap().name and a.get_clim() == pytest.approx(b.get_clim())
+            assert (a.get_alpha() is None) == (b.get_alpha() is None)
+            if a.get_alpha() is not None:
+                assert a.get_alpha() == pytest.approx(b.get_alpha())
+        assert ax08.get_images()[-1].colorbar is not None and ax09.get_images()[-1].colorbar is not None
+    overlay, signed = fig09.axes[1].get_images(), fig09.axes[2].get_images()
+    assert overlay[-1].get_cmap().name == "inferno" and overlay[-1].get_alpha().max() == pytest.approx(0.85)
+    limit = grad.abs().max().item()
+    assert signed[0].get_cmap().name == "RdBu_r" and signed[0].get_clim() == pytest.approx((-limit, limit))
 
 
 def event(pad, name, **values):
