@@ -36,6 +36,7 @@ from .data import (  # noqa: E402
     mnist_tensors,
     normalize,
     permute_pixels,
+    place_digits,
     render_strokes,
     shift_images,
     squeeze_to_frame,

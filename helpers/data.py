@@ -133,7 +133,8 @@ def ink_box(image, threshold=0.05):
     """The rows and columns that hold ink: (top, bottom, left, right), inclusive, or None for a blank image.
 
     image: (H, W) in [0, 1]. Ink is any pixel above ``threshold`` times the brightest one, so the faint
-    fringe that resizing leaves around a stroke does not count.
+    fringe that resizing leaves around a stroke does not count (threshold=0: every pixel that is not black).
+    A drawing from ``render_strokes`` is pure black and white, so any threshold below 1 gives its box.
     """
     ink = image > threshold * image.max()
     if not ink.any():
@@ -142,14 +143,15 @@ def ink_box(image, threshold=0.05):
     return rows[0].item(), rows[-1].item(), cols[0].item(), cols[-1].item()
 
 
-def fit_to_box(image, box=MNIST_BOX):
-    """Crop to the ink and resize so its longer side is ``box`` pixels, keeping the aspect ratio.
+def fit_to_box(image, box=MNIST_BOX, threshold=0.05):
+    """Crop to the ink (``ink_box(image, threshold)``) and resize so its longer side is ``box`` pixels,
+    keeping the aspect ratio.
 
     image: (H, W) in [0, 1] -> (h, w) with max(h, w) == box. Anti-aliased: when shrinking, each output
     pixel is a weighted average of all the input pixels around it (``antialias=True``), so a thin
     stroke turns grey instead of falling between two samples and vanishing.
     """
-    found = ink_box(image)
+    found = ink_box(image, threshold)
     if found is None:
         raise ValueError("the image holds no ink (all pixels are black): draw something first")
     top, bottom, left, right = found
@@ -181,14 +183,15 @@ def center_by_mass(digit, frame=MNIST_FRAME, center=MNIST_CENTER):
     return out
 
 
-def mnist_style(image):
+def mnist_style(image, threshold=0.05):
     """Prepare any grey image of one digit the way MNIST's digits were made, for the network.
 
     image: (H, W) in [0, 1], white ink on black -> (1, 28, 28) normalised like ``normalize``.
     The steps of LeCun, Cortes and Burges: size-normalise into a 20x20 box keeping the aspect ratio,
     anti-aliased (``fit_to_box``), then centre by the centre of mass in 28x28 (``center_by_mass``).
+    threshold: what counts as ink for the box (``ink_box``); it matters only for grey images.
     """
-    return ((center_by_mass(fit_to_box(image)) - MNIST_MEAN) / MNIST_STD).unsqueeze(0)
+    return ((center_by_mass(fit_to_box(image, threshold=threshold)) - MNIST_MEAN) / MNIST_STD).unsqueeze(0)
 
 
 def squeeze_to_frame(image, frame=MNIST_FRAME):
@@ -214,3 +217,39 @@ def zoom_images(images, scale):
     top, left = (h - size[0]) // 2, (w - size[1]) // 2
     framed = nn.functional.pad(zoomed, (left, w - size[1] - left, top, h - size[0] - top))  # negative: cut
     return (framed.clamp(0, 1) - MNIST_MEAN) / MNIST_STD
+
+
+def place_digits(images, scale=1.0, at="random", generator=None):
+    """Resize each digit and put it somewhere in its frame, keeping all its ink inside.
+
+    images: (N, 1, H, W) normalised -> same shape. Each digit is cropped to its non-black pixels and
+    resized (anti-aliased, aspect ratio kept) so that its long side is ``scale`` times what it was, at most
+    the frame; scale: one number for all, or a pair (low, high) from which each digit draws its own,
+    uniformly. at="random": pasted at a position drawn uniformly among those where it fits whole (the
+    farthest a digit of that size can move); at="centre": centred by its centre of mass, as in MNIST.
+    Strokes are resized with the digit, unlike a pen's. Data augmentation: ``fit(..., augment=lambda x:
+    place_digits(x, (0.6, 1.3)))``.
+    """
+    h, w = images.shape[-2:]
+    if at not in ("random", "centre") or (at == "centre" and h != w):
+        raise ValueError(f"at must be 'random', or 'centre' for a square frame; got {at!r} for {h}x{w} images")
+    low, high = (scale, scale) if isinstance(scale, (int, float)) else scale
+    out = torch.empty_like(images)
+    for i, x in enumerate(images):
+        ink = (x[0] * MNIST_STD + MNIST_MEAN).clamp(0, 1).cpu()
+        found = ink_box(ink, threshold=1e-3)  # every pixel that is not black (MNIST's faintest ink is 1/255)
+        if found is None:  # a blank image has nothing to move
+            out[i] = x
+            continue
+        s = low + (high - low) * torch.rand(1, generator=generator).item() if high > low else low
+        long_side = max(found[1] - found[0], found[3] - found[2]) + 1
+        digit = fit_to_box(ink, box=min(max(1, round(long_side * s)), h, w), threshold=1e-3)
+        if at == "centre":
+            framed = center_by_mass(digit, frame=h, center=h // 2)
+        else:
+            (dh, dw), framed = digit.shape, torch.zeros(h, w)
+            top = torch.randint(0, h - dh + 1, (1,), generator=generator).item()
+            left = torch.randint(0, w - dw + 1, (1,), generator=generator).item()
+            framed[top : top + dh, left : left + dw] = digit
+        out[i, 0] = (framed.to(out.device) - MNIST_MEAN) / MNIST_STD
+    return out

@@ -269,13 +269,46 @@ def plot_predictions(image, probabilities, title="input"):
     axes[0].set_title(title, fontsize=10)
     axes[0].axis("off")
     for ax, (name, p) in zip(axes[1:], probabilities.items()):
-        p = p.detach().cpu().numpy()
-        best = int(p.argmax())
-        ax.bar(range(10), p, color=["tab:orange" if d == best else "tab:blue" for d in range(10)])
-        ax.set(ylim=(0, 1), xticks=range(10), xlabel="digit", ylabel="probability")
-        ax.set_title(f"{name}: {best} ({p[best]:.0%})", fontsize=10)
+        _probability_bars(ax, p, name)
     fig.tight_layout()
     return fig
+
+
+def _draw_map(ax, m, digit, overlay=False, outline=None):
+    """One explanation map on ``ax``, the way notebooks 08 and 09 draw them all; returns its colour bar.
+
+    m, digit: (H, W) the map and the input it explains. A signed map (saliency, gradient x input,
+    occlusion) in red/blue symmetric about 0 (white = 0); overlay=True for a map that is never
+    negative (Grad-CAM): heat colours over the digit, dimmed so that its ink shows grey, transparent
+    where the map is 0. Either way a colour bar. outline: a pixel value; the digit's contour at that
+    level is drawn over the map (black on a signed map, white on an overlay).
+    """
+    m = torch.as_tensor(m).detach().cpu().squeeze().double().numpy()
+    digit = torch.as_tensor(digit).detach().cpu().squeeze().numpy()
+    if overlay:
+        top = float(m.max()) or 1.0
+        ax.imshow(digit, cmap="gray", vmin=digit.min(), vmax=2 * digit.max() - digit.min())  # dimmed: ink is grey
+        shown = ax.imshow(m, cmap="inferno", alpha=0.85 * (m / top).clip(0, 1), vmin=0, vmax=top)
+    else:
+        limit = float(abs(m).max()) or 1.0
+        shown = ax.imshow(m, cmap="RdBu_r", vmin=-limit, vmax=limit)
+    if outline is not None:
+        ax.contour(digit, levels=[outline], colors="w" if overlay else "k", linewidths=0.6)
+    bar = ax.figure.colorbar(shown, ax=ax, fraction=0.046, pad=0.04, format="%.2g")  # no offset text over titles
+    bar.ax.tick_params(labelsize=7)
+    return bar
+
+
+def _probability_bars(ax, p, name=None):
+    """The ten class probabilities p (10,) as bars, the predicted class in orange. With the model's
+    name: axis labels and the title "name: digit (probability)"."""
+    p = torch.as_tensor(p).detach().cpu().numpy()
+    best = int(p.argmax())
+    ax.bar(range(10), p, color=["tab:orange" if d == best else "tab:blue" for d in range(10)])
+    ax.set(ylim=(0, 1), xticks=range(10))
+    if name is not None:
+        ax.set(xlabel="digit", ylabel="probability")
+        ax.set_title(f"{name}: {best} ({p[best]:.0%})", fontsize=10)
 
 
 def plot_attributions(images, maps, titles=None, probabilities=None, overlay=("Grad-CAM",), size=1.9):
@@ -283,9 +316,9 @@ def plot_attributions(images, maps, titles=None, probabilities=None, overlay=("G
 
     images: (N, 1, 28, 28); maps: {method name: (N, 1, 28, 28)}; titles: one per digit; probabilities:
     optional (N, 10), drawn as a bar chart at the end of each row. Signed maps get the scale of
-    ``show_images(signed=True)`` (red/blue symmetric about 0, own colour bar); the maps named in
-    ``overlay``, never negative by construction (Grad-CAM), are laid over the digit in heat colours,
-    transparent where they are 0.
+    ``show_images(signed=True)`` (red/blue symmetric about 0, own colour bar); the maps whose name starts
+    with one in ``overlay``, never negative by construction (Grad-CAM), are laid over the digit in heat
+    colours, transparent where they are 0. Each map is drawn by ``_draw_map``, as ``plot_answer`` draws its.
     """
     images = torch.as_tensor(images).detach().cpu()
     ncols = 1 + len(maps) + (probabilities is not None)
@@ -295,49 +328,38 @@ def plot_attributions(images, maps, titles=None, probabilities=None, overlay=("G
         axes[row, 0].imshow(digit, cmap="gray")
         axes[row, 0].set_title(titles[row] if titles is not None else "input", fontsize=8)
         for ax, (name, m) in zip(axes[row, 1:], maps.items()):
-            m = torch.as_tensor(m[row]).detach().cpu().squeeze().double().numpy()
-            if name in overlay:
-                top = float(m.max()) or 1.0
-                ax.imshow(digit, cmap="gray", vmin=digit.min(), vmax=2 * digit.max() - digit.min())  # dimmed: ink is grey
-                shown = ax.imshow(m, cmap="inferno", alpha=0.85 * m / top, vmin=0, vmax=top)
-            else:
-                limit = float(abs(m).max()) or 1.0
-                shown = ax.imshow(m, cmap="RdBu_r", vmin=-limit, vmax=limit)
+            _draw_map(ax, m[row], digit, overlay=name.startswith(tuple(overlay)))
             ax.set_title(name, fontsize=8)
-            bar = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04, format="%.2g")  # no offset text over the titles
-            bar.ax.tick_params(labelsize=7)
         for ax in axes[row, : ncols - (probabilities is not None)]:
             ax.axis("off")
         if probabilities is not None:
-            p = torch.as_tensor(probabilities[row]).detach().cpu().numpy()
             ax = axes[row, -1]
-            ax.bar(range(10), p, color=["tab:orange" if d == p.argmax() else "tab:blue" for d in range(10)])
-            ax.set(ylim=(0, 1), xticks=range(10))
+            _probability_bars(ax, probabilities[row])
             ax.tick_params(labelsize=7)
             ax.set_title("probabilities", fontsize=8)
     fig.tight_layout()
     return fig
 
 
-def plot_answer(image, probabilities, maps=None, drawing=None, title=None):
+def plot_answer(image, probabilities, maps=None, drawing=None, title=None, overlay=("Grad-CAM",)):
     """A drawn digit's answer: what the networks receive, why the first one answered, and their probabilities.
 
     image: (1, 28, 28) normalised, the networks' input; probabilities: {model name: (10,)};
-    maps: {title: (1, 28, 28)} explanation maps of that input: a signed one (saliency) in red/blue
-    symmetric about 0 with a colour bar, a non-negative one (Grad-CAM) in yellow over the digit; both
-    with the digit's outline. drawing: (H, W) in [0, 1], the pad as drawn, shown first when given.
+    maps: {title: (1, 28, 28)} explanation maps of that input, drawn as ``plot_attributions`` draws them
+    (a title that starts with a name in ``overlay``, e.g. "Grad-CAM for 2", is laid over the digit; the
+    others are signed, red/blue symmetric about 0), each with a colour bar and the digit's outline where
+    its ink reaches 30% white. drawing: (H, W) in [0, 1], the pad as drawn, shown first when given.
     A plain grid, no automatic layout: the pad redraws this after every stroke, so it must be quick.
     """
     maps = maps or {}
     top = ([drawing] if drawing is not None else []) + [image] + list(maps.values())
     n_top, n_bars = len(top), len(probabilities)
-    fig = plt.figure(figsize=(max(2.2 * n_top, 3.3 * n_bars), 4.6))
-    upper = fig.add_gridspec(1, n_top, left=0.04, right=0.9, top=0.86 if title else 0.92, bottom=0.56, wspace=0.35)
+    fig = plt.figure(figsize=(max(2.3 * n_top, 3.3 * n_bars), 4.6))
+    upper = fig.add_gridspec(1, n_top, left=0.02, right=0.94, top=0.86 if title else 0.92, bottom=0.56, wspace=0.4)
     lower = fig.add_gridspec(1, n_bars, left=0.09, right=0.93, top=0.44, bottom=0.1, wspace=0.3)
     axes = [fig.add_subplot(upper[0, i]) for i in range(n_top)]
     bars = [fig.add_subplot(lower[0, j]) for j in range(n_bars)]
     digit = image.squeeze().detach().cpu().numpy()
-    outline = (0.3 - MNIST_MEAN) / MNIST_STD  # where the ink reaches 30% white
     for ax in axes:
         ax.axis("off")
     if drawing is not None:
@@ -346,24 +368,12 @@ def plot_answer(image, probabilities, maps=None, drawing=None, title=None):
     ax_in = axes[n_top - len(maps) - 1]
     ax_in.imshow(digit, cmap="gray")
     ax_in.set_title("the networks' input (28×28)", fontsize=9)
+    outline = (0.3 - MNIST_MEAN) / MNIST_STD  # where the ink reaches 30% white
     for ax, (name, m) in zip(axes[n_top - len(maps) :], maps.items()):
-        m = m.squeeze().detach().cpu().numpy()
-        if m.min() < 0:
-            limit = float(abs(m).max()) or 1.0
-            shown = ax.imshow(m, cmap="RdBu_r", vmin=-limit, vmax=limit)
-            bar = fig.colorbar(shown, cax=ax.inset_axes([1.04, 0, 0.06, 1]))  # beside it: the panel keeps its size
-            bar.ax.tick_params(labelsize=7)
-        else:
-            ax.imshow(digit, cmap="gray")
-            ax.imshow(m, cmap="inferno", alpha=0.6, vmin=0, vmax=float(m.max()) or 1.0)
-        ax.contour(digit, levels=[outline], colors="k" if m.min() < 0 else "w", linewidths=0.6)
+        _draw_map(ax, m, digit, overlay=name.startswith(tuple(overlay)), outline=outline)
         ax.set_title(name, fontsize=9)
     for ax, (name, p) in zip(bars, probabilities.items()):
-        p = p.detach().cpu().numpy()
-        best = int(p.argmax())
-        ax.bar(range(10), p, color=["tab:orange" if d == best else "tab:blue" for d in range(10)])
-        ax.set(ylim=(0, 1), xticks=range(10), xlabel="digit", ylabel="probability")
-        ax.set_title(f"{name}: {best} ({p[best]:.0%})", fontsize=10)
+        _probability_bars(ax, p, name)
     if title:
         fig.suptitle(title, fontsize=11)
     return fig

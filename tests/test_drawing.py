@@ -17,11 +17,13 @@ from helpers.data import (  # noqa: E402
     ink_box,
     load_drawings,
     mnist_style,
+    place_digits,
     render_strokes,
     squeeze_to_frame,
     zoom_images,
 )
 from helpers.explain import grad_cam, saliency  # noqa: E402
+from helpers.viz import plot_answer, plot_attributions  # noqa: E402
 from helpers.widgets import DrawingPad  # noqa: E402
 
 BLACK = -MNIST_MEAN / MNIST_STD  # a black pixel, normalised
@@ -153,6 +155,60 @@ def test_zoom_images_scales_about_the_centre(test_digits):
     assert squeeze_to_frame(torch.ones(280, 280)).shape == (1, 28, 28)
 
 
+def test_ink_box_threshold_matters_only_for_grey_images(test_digits):
+    drawing = render_strokes(load_drawings()[3]["strokes"])
+    assert set(drawing.unique().tolist()) == {0.0, 1.0}  # the pen paints pure black and white
+    assert torch.equal(mnist_style(drawing), mnist_style(drawing, threshold=0.5))
+    grey = ink(zoom_images(test_digits[0][:1], 0.9)[0, 0])
+    assert ink_box(grey, 0.5) != ink_box(grey, 0.01)  # a grey edge: the box depends on what counts as ink
+
+
+def long_sides(images):
+    return torch.tensor([max(box_size(ink(x[0]))) for x in images])
+
+
+def test_place_digits_keeps_every_digit_whole(test_digits):
+    images, _ = test_digits
+    images = images[:50]
+    moved = place_digits(images, 1.0, generator=torch.Generator().manual_seed(1))
+    assert moved.shape == images.shape and moved.min().item() == pytest.approx(BLACK)
+    # scale 1: a pure move, every pixel of ink kept, and most digits do move
+    assert torch.allclose(ink(moved).sum((1, 2, 3)), ink(images).sum((1, 2, 3)), rtol=1e-4)
+    assert torch.allclose(ink(moved).flatten(1).sort(1).values, ink(images).flatten(1).sort(1).values, atol=1e-5)
+    assert (correlation(moved, images) < 0.9).float().mean() > 0.5
+    # resized: the long side of the non-black box follows the scale, whole in the frame (26 px fits in 28)
+    assert torch.equal(long_sides(place_digits(images, 1.3, generator=torch.Generator().manual_seed(2))),
+                       (long_sides(images) * 1.3).round().long())  # fmt: skip
+    assert long_sides(place_digits(images, 0.6)).tolist() == (long_sides(images) * 0.6).round().long().tolist()
+    sides = long_sides(place_digits(images, (0.6, 1.3), generator=torch.Generator().manual_seed(3)))
+    assert sides.min() >= 12 and sides.max() <= 26 and len(sides.unique()) > 5  # each digit its own size
+    assert long_sides(place_digits(images[:3], 2.0)).max() == 28  # too big for the frame: as big as it fits
+
+
+def test_place_digits_centre_and_randomness(test_digits):
+    images, _ = test_digits
+    images = images[:20]
+    small = place_digits(images, 0.6, at="centre")
+    for x in small:
+        cy, cx = center_of_mass(ink(x[0]))
+        assert abs(cy - 14) <= 0.5 and abs(cx - 14) <= 0.5
+    assert torch.allclose(place_digits(images, 1.0, at="centre"), images, atol=1e-5)  # MNIST's own place
+    a, b, c = (place_digits(images, 0.8, generator=torch.Generator().manual_seed(s)) for s in (0, 0, 1))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    with pytest.raises(ValueError, match="'random', or 'centre'"):
+        place_digits(images, 1.0, at="middle")
+
+
+def test_place_digits_as_training_augmentation(test_digits):
+    images, labels = test_digits
+    model = helpers.SimpleCNN()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    seen = []
+    augment = lambda x: seen.append(x) or place_digits(x, (0.6, 1.3))
+    helpers.train_epoch(model, optimizer, images[:128], labels[:128], progress=False, augment=augment)
+    assert len(seen) == 2 and seen[0].shape == (64, 1, 28, 28)
+
+
 # ----------------------------------------------------------------------------- the whole path
 
 
@@ -160,6 +216,28 @@ def test_example_digits_are_read_by_simplecnn(nets):
     drawings = load_drawings()[:10]
     batch = torch.stack([mnist_style(render_strokes(d["strokes"], d["size"], d["width"])) for d in drawings])
     assert helpers.predict(nets["SimpleCNN"], batch).argmax(1).tolist() == list(range(10))
+
+
+def test_the_answer_draws_its_maps_as_notebook_08_does(nets):
+    """One way to draw an explanation map: plot_answer (notebook 09) and plot_attributions (08) agree."""
+    cnn = nets["SimpleCNN"]
+    x = mnist_style(render_strokes(load_drawings()[2]["strokes"]))
+    cam, grad = grad_cam(cnn, x[None]), saliency(cnn, x[None])
+    fig08 = plot_attributions(x[None], {"Grad-CAM": cam, "saliency": grad})
+    fig09 = plot_answer(x, {"SimpleCNN": helpers.predict(cnn, x[None])[0].softmax(0)},
+                        {"Grad-CAM for 2": cam[0], "saliency for 2": grad[0]})  # fmt: skip
+    for ax08, ax09 in zip(fig08.axes[1:3], fig09.axes[1:3]):
+        assert len(ax08.get_images()) == len(ax09.get_images())
+        for a, b in zip(ax08.get_images(), ax09.get_images()):
+            assert a.get_cmap().name == b.get_cmap().name and a.get_clim() == pytest.approx(b.get_clim())
+            assert (a.get_alpha() is None) == (b.get_alpha() is None)
+            if a.get_alpha() is not None:
+                assert a.get_alpha() == pytest.approx(b.get_alpha())
+        assert ax08.get_images()[-1].colorbar is not None and ax09.get_images()[-1].colorbar is not None
+    overlay, signed = fig09.axes[1].get_images(), fig09.axes[2].get_images()
+    assert overlay[-1].get_cmap().name == "inferno" and overlay[-1].get_alpha().max() == pytest.approx(0.85)
+    limit = grad.abs().max().item()
+    assert signed[0].get_cmap().name == "RdBu_r" and signed[0].get_clim() == pytest.approx((-limit, limit))
 
 
 def event(pad, name, **values):
