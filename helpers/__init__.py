@@ -1,7 +1,8 @@
 """Convolutional networks from scratch: the code the notebooks import.
 
 One module per concept: layers (Conv2D, MaxPool2D), model (SimpleCNN), data (MNIST), train (fit and
-the command line), checkpoint, viz (figures), widgets (sliders and the drawing pad) and explain (why the network answered
+the command line), checkpoint, viz (figures), widgets (sliders and the drawing pad), check (compare
+your answer to an exercise with a reference) and explain (why the network answered
 as it did: attribution maps, adversarial digits, activation maximisation).
 """
 
@@ -12,6 +13,7 @@ import warnings
 warnings.filterwarnings("ignore", message="'helpers.train' found in sys.modules", category=RuntimeWarning)
 
 from . import viz, widgets  # noqa: E402
+from .check import check, random_inputs, rel_error  # noqa: E402
 from .checkpoint import CHECKPOINT, CheckpointError, load_checkpoint, save_checkpoint, save_json  # noqa: E402
 from .data import (  # noqa: E402
     DATA_DIR,
