@@ -138,12 +138,15 @@ def _probabilities(model, images, target):
 
 
 def occlusion(model, images, target=None, patch=6, stride=2, value=BLACK, batch_size=1024):
-    """Occlusion (Zeiler and Fergus, 2014): how much the target class's probability drops when a
+    """Occlusion (Zeiler and Fergus, 2014): how much the target class's logit drops when a
     patch x patch square is painted ``value`` (black), averaged over all squares covering each pixel.
 
-    images: (N, 1, 28, 28) -> (N, 1, 28, 28), signed (negative: covering it *raised* the probability).
-    Each digit's ((28 - patch) / stride + 1)**2 covered copies go through the network together, in
-    batches; a square that covers only background changes nothing and scores 0 without a forward pass.
+    images: (N, 1, 28, 28) -> (N, 1, 28, 28), signed (negative: covering it *raised* the logit).
+    The logit, as for saliency and Grad-CAM, not the probability: for a confident network the
+    probability sits so close to 1 that most squares cannot move it visibly (softmax saturates),
+    while the logit still says how much each square matters. Each digit's ((28 - patch) / stride + 1)**2
+    covered copies go through the network together, in batches; a square that covers only
+    background changes nothing and scores 0 without a forward pass.
     """
     _check_images(images)
     size = images.shape[-1]
@@ -156,14 +159,14 @@ def occlusion(model, images, target=None, patch=6, stride=2, value=BLACK, batch_
         masks[i, :, r : r + patch, c : c + patch] = True
     logits = predict(model, images)
     target = logits.argmax(1) if target is None else _classes(target, len(images))
-    before = _probabilities(model, images, target)
+    before = logits.gather(1, target[:, None])[:, 0]
     changes = (masks & (images[:, None] != value)).flatten(2).any(2)  # (N, P): the square covers some ink
     digit, square = changes.nonzero(as_tuple=True)
-    drop = torch.zeros(changes.shape, dtype=torch.float64)
+    drop = torch.zeros(changes.shape, dtype=before.dtype)
     for start in range(0, len(digit), batch_size):
         d, q = digit[start : start + batch_size], square[start : start + batch_size]
         covered = torch.where(masks[q], torch.as_tensor(value, dtype=images.dtype), images[d])
-        drop[d, q] = before[d] - _probabilities(model, covered, target[d])
+        drop[d, q] = before[d] - predict(model, covered).gather(1, target[d][:, None])[:, 0]
     cover = masks.flatten(1).to(drop.dtype)  # (P, H*W): which pixels each square covers
     return ((drop @ cover) / cover.sum(0)).view_as(images).to(images.dtype)  # each pixel: the mean drop of its squares
 
@@ -172,9 +175,10 @@ def deletion_curve(model, images, maps, target=None, step=28, value=BLACK, seed=
     """Delete pixels in the order ``maps`` ranks them (highest first), ``step`` at a time, painting
     them ``value`` (black), and record the target class's probability after each step.
 
-    images, maps: (N, 1, 28, 28) -> (counts (S,), probabilities (N, S)): counts = 0, step, ..., 784
-    pixels deleted. maps=None deletes them in a random order (seeded with ``seed``), the baseline a
-    faithful map must beat; pixels a map ranks equal are deleted in that random order too. The curve
+    images, maps: (N, 1, 28, 28) -> (counts (S,), probabilities (N, S), order (N, 784)): counts = 0,
+    step, ..., 784 pixels deleted; order, each digit's pixel indices (flattened) in the order deleted.
+    maps=None deletes them in a random order (seeded with ``seed``), the baseline a faithful map must
+    beat; pixels a map ranks equal are deleted in that random order too. The curve
     of a faithful map falls fast: a small area under it. All digits go through the network together at
     each step, except those whose step deleted only pixels that were already black (nothing changed).
     """
@@ -198,7 +202,7 @@ def deletion_curve(model, images, maps, target=None, step=28, value=BLACK, seed=
         probability = probability.clone()
         probability[changed] = _probabilities(model, deleted.view(-1, *images.shape[1:]), target[changed])
         curve.append(probability)
-    return counts, torch.stack(curve, 1).to(images.dtype)
+    return counts, torch.stack(curve, 1).to(images.dtype), order
 
 
 # ----------------------------------------------------------------------------- class activation maps
@@ -253,7 +257,9 @@ def randomised(model, stages, seed=0):
 
 def spearman(a, b):
     """Spearman rank correlation of each pair of maps: the Pearson correlation of their ranks, with
-    tied values sharing their average rank. a, b: (N, ...) -> (N,), in [-1, 1]; 1 = the same order."""
+    tied values sharing their average rank. a, b: (N, ...) -> (N,), in [-1, 1]; 1 = the same order.
+    A constant map (all zero, say) has no order: its correlation is undefined, nan (average with
+    ``nanmean`` and count the nans, rather than let a 0 stand for "unrelated")."""
 
     def ranks(x):
         x = x.flatten(1).double()
@@ -266,7 +272,8 @@ def spearman(a, b):
 
     ra, rb = ranks(a), ranks(b)
     ra, rb = ra - ra.mean(1, keepdim=True), rb - rb.mean(1, keepdim=True)
-    return (ra * rb).sum(1) / (ra.norm(dim=1) * rb.norm(dim=1)).clamp_min(1e-12)
+    norms = ra.norm(dim=1) * rb.norm(dim=1)
+    return torch.where(norms > 0, (ra * rb).sum(1) / norms.clamp_min(1e-300), torch.nan)
 
 
 # ----------------------------------------------------------------------------- adversarial digits

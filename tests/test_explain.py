@@ -65,12 +65,17 @@ def test_smoothgrad_matches_captum_noise_tunnel_with_the_same_noise(twins):
 
 
 def test_occlusion_matches_captum(twins):
+    """The drop of the logit (captum's Occlusion explains whatever forward function it is given: here
+    the logits), averaged over the squares that cover each pixel."""
     ours, builtin, images, labels = twins
-    expected = Occlusion(lambda x: builtin(x).softmax(1)).attribute(
+    expected = Occlusion(builtin).attribute(
         images[:2], sliding_window_shapes=(1, 6, 6), strides=(1, 2, 2), baselines=explain.BLACK, target=labels[:2],
         perturbations_per_eval=144,
     )
-    close(explain.occlusion(ours, images[:2], labels[:2], patch=6, stride=2), expected.double(), tol=1e-6)  # captum returns float32
+    close(explain.occlusion(ours, images[:2], labels[:2], patch=6, stride=2), expected.double(), tol=1e-6)  # captum sums in float32
+    other = Occlusion(builtin).attribute(images[:2], sliding_window_shapes=(1, 4, 4), strides=(1, 4, 4),
+                                         baselines=explain.BLACK, target=3)  # fmt: skip
+    close(explain.occlusion(ours, images[:2], 3, patch=4, stride=4), other.double(), tol=1e-6)
 
 
 @pytest.mark.parametrize("layer", ["relu2", "pool2"])
@@ -137,20 +142,30 @@ def test_spearman_uses_average_ranks_for_ties():
     expected = torch.stack([torch.corrcoef(torch.stack([ra, rb]))[0, 1] for ra, rb in zip(ranks_a, ranks_b)])
     assert torch.allclose(explain.spearman(a, b).float(), expected)
     assert torch.allclose(explain.spearman(b, b.flip(1)), torch.tensor([-1.0, -1.0]).double())
+    constant = explain.spearman(torch.zeros(2, 4), b)  # an all-zero map has no order
+    assert constant.isnan().all(), constant
 
 
 def test_deletion_curve_starts_at_the_prediction_and_ends_at_a_black_image(twins):
     ours, _, images, labels = twins
     images, ours = images.float(), helpers.SimpleCNN()
     helpers.load_checkpoint(helpers.CHECKPOINT, ours)
-    counts, curve = explain.deletion_curve(ours, images, None, labels, step=196)
+    counts, curve, order = explain.deletion_curve(ours, images, None, labels, step=196)
     assert counts.tolist() == [0, 196, 392, 588, 784]
+    assert torch.equal(order.sort(1).values, torch.arange(784).expand(len(images), -1))  # each pixel once
     probabilities = helpers.predict(ours, images).softmax(1)
     black = helpers.predict(ours, torch.full_like(images[:1], explain.BLACK)).softmax(1)[0]
     assert torch.allclose(curve[:, 0], probabilities.gather(1, labels[:, None])[:, 0])
     assert torch.allclose(curve[:, -1], black[labels])
-    ink_first = explain.deletion_curve(ours, images, images, labels, step=196)[1]
+    _, ink_first, bright_order = explain.deletion_curve(ours, images, images, labels, step=196)
     assert (ink_first[:, 1] < curve[:, 1]).float().mean() > 0.5  # the brightest pixels matter more than random ones
+    brightness = images.flatten(1).gather(1, bright_order)
+    assert (brightness[:, :-1] >= brightness[:, 1:]).all()  # the order used: brightest first
+    # the curve is the probability after deleting the first k pixels of that order
+    k = 196
+    deleted = images.flatten(1).scatter(1, bright_order[:, :k], explain.BLACK).view_as(images)
+    assert torch.allclose(ink_first[:, 1], helpers.predict(ours, deleted).softmax(1).gather(1, labels[:, None])[:, 0])
+    assert torch.equal(explain.deletion_curve(ours, images, None, labels, step=196)[2], order)  # seeded: repeatable
 
 
 def test_maximise_raises_its_objective_and_is_repeatable(twins):
