@@ -21,6 +21,7 @@ from .data import (  # noqa: E402
     mnist_tensors,
     normalize,
     shift_images,
+    split_validation,
 )
 from .layers import (  # noqa: E402
     Conv2D,
