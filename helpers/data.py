@@ -1,8 +1,12 @@
-"""MNIST through torchvision, and the same images as one in-memory tensor for fast training."""
+"""MNIST through torchvision, and the same images as one in-memory tensor for fast training; drawn digits
+turned into MNIST-style images (notebook 09)."""
 
+import json
 from pathlib import Path
 
 import torch
+from PIL import Image, ImageDraw
+from torch import nn
 from torch.utils.data import Subset
 from torchvision import datasets, transforms
 
@@ -94,3 +98,138 @@ def shift_images(images, dx, dy):
         ..., max(-dy, 0) : h - max(dy, 0), max(-dx, 0) : w - max(dx, 0)
     ]
     return out
+
+
+def permute_pixels(images, seed=0):
+    """Shuffle the pixel positions of every image with one fixed random permutation (the same for all).
+
+    images: (N, C, H, W) -> same shape; pixel p of every output image is pixel order[p] of its input,
+    with order = a random permutation of the H*W positions drawn from ``seed``. Apply it with the same
+    seed to the training and the test images: the digits become unrecognisable to a person, but no
+    information is lost, only which pixels are neighbours (the ablation that removes locality).
+    """
+    if images.dim() != 4:
+        raise ValueError(f"permute_pixels expects images of shape (N, C, H, W), got {tuple(images.shape)}")
+    order = torch.randperm(images.shape[-2] * images.shape[-1], generator=torch.Generator().manual_seed(seed))
+    return images.flatten(2)[..., order.to(images.device)].view_as(images)
+
+
+# ----------------------------------------------------------------------------- your own digits
+
+DRAWINGS = Path(__file__).resolve().parent / "drawings.json"
+MNIST_BOX, MNIST_FRAME, MNIST_CENTER = 20, 28, 14  # measured on MNIST itself in notebook 09
+
+
+def load_drawings(path=DRAWINGS):
+    """The example drawings of notebook 09, as the drawing pad records them.
+
+    Returns a list of dicts: name, label (the digit meant), note, size (the square pad's side in pixels),
+    width (the pen's width in pixels) and strokes: a list of strokes, each a list of [x, y] points.
+    """
+    with open(path) as f:
+        return json.load(f)["drawings"]
+
+
+def render_strokes(strokes, size=280, width=20):
+    """Strokes -> a grey image (size, size) in [0, 1]: white ink (1) on black (0), as the pad shows them.
+
+    strokes: a list of strokes, each a list of (x, y) points in pixels of a size x size pad. Each stroke
+    is a line ``width`` pixels wide with round ends and joints, like the canvas's pen.
+    """
+    canvas = Image.new("L", (size, size))
+    draw = ImageDraw.Draw(canvas)
+    r = width / 2
+    for stroke in strokes:
+        points = [tuple(map(float, p)) for p in stroke]
+        if len(points) > 1:
+            draw.line(points, fill=255, width=round(width))
+        for x, y in points:  # round caps and joints
+            draw.ellipse((x - r, y - r, x + r, y + r), fill=255)
+    return torch.frombuffer(bytearray(canvas.tobytes()), dtype=torch.uint8).view(size, size).float() / 255
+
+
+def ink_box(image, threshold=0.05):
+    """The rows and columns that hold ink: (top, bottom, left, right), inclusive, or None for a blank image.
+
+    image: (H, W) in [0, 1]. Ink is any pixel above ``threshold`` times the brightest one, so the faint
+    fringe that resizing leaves around a stroke does not count.
+    """
+    ink = image > threshold * image.max()
+    if not ink.any():
+        return None
+    rows, cols = ink.any(1).nonzero()[:, 0], ink.any(0).nonzero()[:, 0]
+    return rows[0].item(), rows[-1].item(), cols[0].item(), cols[-1].item()
+
+
+def fit_to_box(image, box=MNIST_BOX):
+    """Crop to the ink and resize so its longer side is ``box`` pixels, keeping the aspect ratio.
+
+    image: (H, W) in [0, 1] -> (h, w) with max(h, w) == box. Anti-aliased: when shrinking, each output
+    pixel is a weighted average of all the input pixels around it (``antialias=True``), so a thin
+    stroke turns grey instead of falling between two samples and vanishing.
+    """
+    found = ink_box(image)
+    if found is None:
+        raise ValueError("the image holds no ink (all pixels are black): draw something first")
+    top, bottom, left, right = found
+    crop = image[top : bottom + 1, left : right + 1]
+    h, w = crop.shape
+    scale = box / max(h, w)
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    resized = nn.functional.interpolate(crop[None, None], size=size, mode="bilinear", antialias=True, align_corners=False)
+    return resized[0, 0].clamp(0, 1)
+
+
+def center_by_mass(digit, frame=MNIST_FRAME, center=MNIST_CENTER):
+    """Paste a digit (h, w) into a black (frame, frame) image so that its centre of mass (the mean
+    position of the ink, weighted by brightness) falls on pixel (center, center), to the nearest pixel.
+
+    The digit is kept whole: if its centre of mass lies so far off-centre that centring it would push
+    ink out of the frame, it stops at the border.
+    """
+    h, w = digit.shape
+    if h > frame or w > frame:
+        raise ValueError(f"a {h}x{w} digit does not fit a {frame}x{frame} frame: fit_to_box it first")
+    mass = digit.sum()
+    cy = (digit.sum(1) * torch.arange(h)).sum() / mass
+    cx = (digit.sum(0) * torch.arange(w)).sum() / mass
+    top = min(max(round(center - cy.item()), 0), frame - h)
+    left = min(max(round(center - cx.item()), 0), frame - w)
+    out = torch.zeros(frame, frame)
+    out[top : top + h, left : left + w] = digit
+    return out
+
+
+def mnist_style(image):
+    """Prepare any grey image of one digit the way MNIST's digits were made, for the network.
+
+    image: (H, W) in [0, 1], white ink on black -> (1, 28, 28) normalised like ``normalize``.
+    The steps of LeCun, Cortes and Burges: size-normalise into a 20x20 box keeping the aspect ratio,
+    anti-aliased (``fit_to_box``), then centre by the centre of mass in 28x28 (``center_by_mass``).
+    """
+    return ((center_by_mass(fit_to_box(image)) - MNIST_MEAN) / MNIST_STD).unsqueeze(0)
+
+
+def squeeze_to_frame(image, frame=MNIST_FRAME):
+    """No preprocessing: the whole image shrunk to (1, frame, frame), anti-aliased, and normalised.
+
+    What the network gets when the digit's size and position on the pad are taken as they are.
+    """
+    small = nn.functional.interpolate(image[None, None], size=(frame, frame), mode="bilinear", antialias=True,
+                                      align_corners=False)  # fmt: skip
+    return ((small[0].clamp(0, 1) - MNIST_MEAN) / MNIST_STD)
+
+
+def zoom_images(images, scale):
+    """Enlarge (scale > 1) or shrink (scale < 1) digits about the centre of their frame, anti-aliased.
+
+    images: (N, 1, H, W) normalised -> same shape; what grows past the frame is cut off, what shrinks
+    is surrounded by background.
+    """
+    h, w = images.shape[-2:]
+    ink = images * MNIST_STD + MNIST_MEAN  # back to [0, 1], black = 0
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    zoomed = nn.functional.interpolate(ink, size=size, mode="bilinear", antialias=True, align_corners=False)
+    top, left = (h - size[0]) // 2, (w - size[1]) // 2
+    framed = nn.functional.pad(zoomed, (left, w - size[1] - left, top, h - size[0] - top))  # negative: cut
+    return (framed.clamp(0, 1) - MNIST_MEAN) / MNIST_STD

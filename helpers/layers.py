@@ -345,3 +345,162 @@ class MaxPool2D(nn.Module):
 
     def extra_repr(self):
         return f"kernel_size={self.kernel_size}, stride={self.stride}"
+
+
+# ----------------------------------------------------------------------------- no weight sharing
+
+
+class LocallyConnected2DFunction(torch.autograd.Function):
+    """A convolution without weight sharing: the same im2col rows, one weight matrix per output position.
+
+    With P = H' * W' output positions, cols: (P, N, k*k*C) (row p of batch p: the window at position p
+    of every image) and W: (P, k*k*C, F), a batched matrix multiply does every position at once:
+
+    Forward:   out[p] = cols[p] @ W[p] + b[p]           (P products of (N, kkC) @ (kkC, F))
+    Backward:  dW[p]  = cols[p]^T @ dout[p]             (each position's weights see only its own windows)
+               db[p]  = dout[p] summed over the batch
+               dx     = col2im(dout[p] @ W[p]^T)        (hand each window's gradient back to its pixels)
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding):
+        n, _, h, w = x.shape
+        h_out, w_out = weight.shape[:2]
+        cols = _local_cols(x, weight.shape[-1], stride, padding, h_out * w_out)
+        w_mats = _local_weight_matrices(weight)
+        if bias is None:
+            out = torch.bmm(cols, w_mats)
+        else:  # baddbmm fuses the bias add into the products, as addmm does for Conv2D
+            out = torch.baddbmm(bias.reshape(h_out * w_out, 1, -1), cols, w_mats)
+        ctx.save_for_backward(cols, weight)
+        ctx.stride, ctx.padding, ctx.in_size = stride, padding, (h, w)
+        # (P, N, F) -> (N, H', W', F) channels-last in memory, seen as (N, F, H', W')
+        return _nchw(out.transpose(0, 1).reshape(n, h_out, w_out, weight.shape[2]))
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        cols, weight = ctx.saved_tensors
+        h_out, w_out, n_filters, channels, k, _ = weight.shape
+        n = grad_out.shape[0]
+        g = _nhwc(grad_out).reshape(n, h_out * w_out, n_filters).transpose(0, 1)  # (P, N, F)
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            dcols = torch.bmm(g, _local_weight_matrices(weight).transpose(1, 2))  # (P, N, kkC)
+            dcols = dcols.transpose(0, 1).reshape(n, h_out, w_out, k, k, channels)
+            grad_x = _nchw(_col2im(dcols, ctx.stride, ctx.padding, ctx.in_size))
+        if ctx.needs_input_grad[1]:
+            grad_w = torch.bmm(cols.transpose(1, 2), g)  # (P, kkC, F)
+            grad_w = grad_w.view(h_out, w_out, k, k, channels, n_filters).permute(0, 1, 5, 4, 2, 3)
+        if ctx.needs_input_grad[2]:
+            grad_b = g.sum(1).view(h_out, w_out, n_filters)
+        return grad_x, grad_w, grad_b, None, None
+
+
+def _local_cols(x, k, stride, padding, positions):
+    """im2col rows grouped by output position: x (N, C, H, W) -> (P, N, k*k*C), a strided view."""
+    n, c = x.shape[:2]
+    if n == 0:  # an empty batch has no windows to unfold
+        return x.new_zeros(positions, 0, k * k * c)
+    return im2col(_nhwc(x), k, stride, padding).view(n, positions, -1).transpose(0, 1)
+
+
+def _local_weight_matrices(weight):
+    """(H', W', F, C, k, k) -> (H' * W', k * k * C, F): one ``_weight_matrix`` per output position."""
+    h_out, w_out, n_filters = weight.shape[:3]
+    return weight.permute(0, 1, 4, 5, 3, 2).reshape(h_out * w_out, -1, n_filters)
+
+
+def _col2im(dcols, stride, padding, in_size):
+    """Add every window's gradient back onto the pixels it was read from.
+
+    dcols: (N, H', W', k, k, C), the gradient of each window -> (N, H, W, C). One strided addition
+    per kernel position (u, v), as in ``_conv_input_grad``; the padding's share is dropped.
+    """
+    n, h_out, w_out, k, _, channels = dcols.shape
+    h, w = in_size
+    grad_x = dcols.new_zeros(n, h + 2 * padding, w + 2 * padding, channels)
+    for u in range(k):
+        for v in range(k):
+            _window_slot(grad_x, u, v, stride, h_out, w_out).add_(dcols[:, :, :, u, v])
+    return grad_x[:, padding : padding + h, padding : padding + w]
+
+
+def locally_connected2d(x, weight, bias=None, stride=1, padding=0):
+    """Locally connected layer: like ``conv2d``, but every output position has its own filters.
+
+    x: (N, C, H, W), weight: (H', W', F, C, k, k) (``weight[i, j]`` is the filter bank of output
+    position (i, j), shaped like a Conv2D weight), bias: (H', W', F) or None -> (N, F, H', W')
+    out[n, f, i, j] = sum over c, u, v of x_pad[n, c, i*stride + u, j*stride + v] * weight[i, j, f, c, u, v] + bias[i, j, f]
+    With the same filter bank at every position this is exactly ``conv2d``: a convolution is a
+    locally connected layer whose weights are shared.
+    """
+    _check_size("stride", stride)
+    _check_size("padding", padding, minimum=0)
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 6 or weight.shape[-1] != weight.shape[-2]:
+        shape = tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__
+        raise ValueError(f"locally_connected2d expects a weight of shape (H', W', F, C, k, k), got {shape}")
+    h_out, w_out, n_filters, channels, k, _ = weight.shape
+    if bias is not None and tuple(bias.shape) != (h_out, w_out, n_filters):
+        raise ValueError(
+            f"locally_connected2d expects a bias of shape ({h_out}, {w_out}, {n_filters}), one per filter "
+            f"and position, got {tuple(bias.shape)}"
+        )
+    _check_input("locally_connected2d", x, channels)
+    _check_window("locally_connected2d", x, k, padding)
+    expected = (output_size(x.shape[2], k, stride, padding), output_size(x.shape[3], k, stride, padding))
+    if expected != (h_out, w_out):
+        raise ValueError(
+            f"locally_connected2d: a {x.shape[2]}x{x.shape[3]} input gives {expected[0]}x{expected[1]} output "
+            f"positions, but the weight holds filters for {h_out}x{w_out}; a locally connected layer only "
+            "accepts the input size it was built for"
+        )
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and (t.dtype != x.dtype or t.device != x.device):
+            raise TypeError(
+                f"locally_connected2d: the input is {x.dtype} on {x.device} but the {name} is {t.dtype} on "
+                f"{t.device}; move one to the other (e.g. x.to(weight))"
+            )
+    return LocallyConnected2DFunction.apply(x, weight, bias, stride, padding)
+
+
+class LocallyConnected2D(nn.Module):
+    """Locally connected layer: a Conv2D with its own k x k filter bank (and bias) at every output position.
+
+    x: (N, in_channels, in_size) -> (N, out_channels, H', W'), in_size = (H, W) or one int for a
+    square input, fixed when the layer is built (there is one filter bank per output position).
+    weight: (H', W', out_channels, in_channels, k, k), each position's bank Xavier-uniform like Conv2D's;
+    bias: (H', W', out_channels), zero. It has H' * W' times a Conv2D's parameters.
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, in_size, stride=1, padding=0, bias=True):
+        super().__init__()
+        h, w = (in_size, in_size) if isinstance(in_size, int) and not isinstance(in_size, bool) else tuple(in_size)
+        for name, value in (("in_channels", in_channels), ("out_channels", out_channels),
+                            ("kernel_size", kernel_size), ("stride", stride), ("in_size", h), ("in_size", w)):  # fmt: skip
+            _check_size(name, value)
+        _check_size("padding", padding, minimum=0)
+        if kernel_size > h + 2 * padding or kernel_size > w + 2 * padding:
+            raise ValueError(f"kernel_size {kernel_size} is larger than the padded input {h + 2 * padding}x{w + 2 * padding}")
+        self.in_channels, self.out_channels, self.in_size = in_channels, out_channels, (h, w)
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        self.out_size = (output_size(h, kernel_size, stride, padding), output_size(w, kernel_size, stride, padding))
+        self.weight = nn.Parameter(torch.empty(*self.out_size, out_channels, in_channels, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.zeros(*self.out_size, out_channels)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        with torch.no_grad():
+            for bank in self.weight.view(-1, *self.weight.shape[2:]):  # each position like a Conv2D
+                xavier_uniform_(bank)
+            if self.bias is not None:
+                self.bias.zero_()
+
+    def forward(self, x):
+        return locally_connected2d(x, self.weight, self.bias, self.stride, self.padding)
+
+    def extra_repr(self):
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, in_size={self.in_size}, "
+            f"stride={self.stride}, padding={self.padding}, positions={self.out_size[0]}x{self.out_size[1]}, "
+            f"bias={self.bias is not None}"
+        )

@@ -4,6 +4,7 @@
     python -m helpers.train --quick         # one epoch on 2,000 images, a smoke test
     python -m helpers.train --resume        # continue an interrupted run where it stopped
     python -m helpers.train --val 5000      # choose the epoch on 5,000 held-out training images
+    python -m helpers.train --model mlp --permute-pixels --out checkpoints/mlp_permuted.pt   # notebook 07's ablations
 """
 
 import argparse
@@ -19,13 +20,15 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .checkpoint import load_checkpoint, save_checkpoint, save_json
-from .data import DATA_DIR, batches, mnist_tensors, split_validation
-from .model import SimpleCNN
+from .data import DATA_DIR, batches, mnist_tensors, permute_pixels, split_validation
+from .layers import Conv2D
+from .model import MLP, LocallyConnectedCNN, SimpleCNN
 
 # the published recipe
 RECIPE = dict(epochs=10, lr=1e-3, batch_size=64, lr_step=5, lr_gamma=0.5, seed=0)
 QUICK = dict(epochs=1, train_subset=2000, test_subset=1000)  # a smoke test: seconds, not minutes
 RUNS_DIR = Path(__file__).resolve().parent.parent / "runs"
+MODELS = {"simplecnn": SimpleCNN, "mlp": MLP, "locally-connected": LocallyConnectedCNN}  # the CLI's --model
 
 HISTORY_KEYS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds")
 
@@ -88,10 +91,13 @@ def evaluate(model, images, labels, batch_size=128):
     return loss, (logits.argmax(1) == labels).float().mean().item()
 
 
-def train_epoch(model, optimizer, images, labels, batch_size=64, generator=None, desc="train", progress=True):
+def train_epoch(model, optimizer, images, labels, batch_size=64, generator=None, desc="train", progress=True,
+                augment=None):  # fmt: skip
     """One pass over shuffled mini-batches of images (N, 1, 28, 28) and labels (N,).
 
     Returns (mean loss, accuracy), measured during the pass with dropout on. progress=False hides the bar.
+    augment: None, or a function images (B, 1, 28, 28) -> images of the same shape, applied to every
+    training batch (data augmentation, e.g. random shifts); the labels stay as they are.
     """
     model.train()
     device = next(model.parameters()).device
@@ -101,6 +107,8 @@ def train_epoch(model, optimizer, images, labels, batch_size=64, generator=None,
                disable=not progress)  # fmt: skip
     for x, y in bar:
         x, y = x.to(device), y.to(device)
+        if augment is not None:
+            x = augment(x)
         logits = model(x)
         loss = nn.functional.cross_entropy(logits, y)
         optimizer.zero_grad(set_to_none=True)
@@ -114,7 +122,9 @@ def train_epoch(model, optimizer, images, labels, batch_size=64, generator=None,
 
 def new_history(model):
     history = {key: [] for key in HISTORY_KEYS}
-    if hasattr(model, "conv1"):  # conv1's filters after every epoch, to watch the edge detectors form
+    # conv1's filters after every epoch, to watch the edge detectors form: only for a convolution
+    # (a locally connected conv1 holds 784 filter banks, 250,880 numbers an epoch)
+    if isinstance(getattr(model, "conv1", None), (Conv2D, nn.Conv2d)):
         history["conv1_init"] = model.conv1.weight.detach().cpu().tolist()
         history["conv1"] = []
     return history
@@ -155,6 +165,7 @@ def fit(
     resume=None,
     on_epoch_end=None,
     val=None,
+    augment=None,
 ):
     """Train with Adam and cross-entropy; every ``lr_step`` epochs the learning rate is multiplied by
     ``lr_gamma`` (the recipe: halved after epoch 5).
@@ -164,6 +175,8 @@ def fit(
     and conv1's weights. resume: a checkpoint's training_state plus its "history", to continue
     exactly where that run stopped.
     on_epoch_end(history, training_state) is called after every epoch (the CLI saves there).
+    augment: a function applied to every training batch of images (see ``train_epoch``), e.g. random
+    shifts; the test images are evaluated as they are.
 
     val: (images, labels) held out from the training images (``split_validation``), to choose the
     epoch on, so that the test set plays no part in the choice. The history then also records val_loss
@@ -194,7 +207,7 @@ def fit(
         start = time.perf_counter()
         lr_now = optimizer.param_groups[0]["lr"]
         train_loss, train_acc = train_epoch(
-            model, optimizer, *train, batch_size, shuffle, desc=f"epoch {epoch}/{epochs}"
+            model, optimizer, *train, batch_size, shuffle, desc=f"epoch {epoch}/{epochs}", augment=augment
         )
         scheduler.step()
         test_loss, test_acc = evaluate(model, *test) if test is not None else (None, None)
@@ -232,15 +245,20 @@ def fit(
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
         prog="python -m helpers.train",
-        description="Train SimpleCNN (from-scratch layers) on MNIST with the published recipe.",
+        description="Train SimpleCNN (from-scratch layers), or with --model notebook 07's other networks, "
+        "on MNIST with the published recipe.",
     )
+    p.add_argument("--model", choices=MODELS, default="simplecnn",
+                   help="simplecnn (default), mlp (784-512-10) or locally-connected (SimpleCNN without weight sharing)")
+    p.add_argument("--permute-pixels", action="store_true",
+                   help="shuffle the pixels of every training and test image with one fixed permutation (seed 0): no locality")  # fmt: skip
     p.add_argument("--epochs", type=int, default=None, help=f"default {RECIPE['epochs']} (1 with --quick)")
     p.add_argument("--batch-size", type=int, default=RECIPE["batch_size"])
     p.add_argument("--lr", type=float, default=RECIPE["lr"], help="Adam's learning rate, halved every 5 epochs")
     p.add_argument("--seed", type=int, default=RECIPE["seed"])
     p.add_argument("--data-dir", type=Path, default=DATA_DIR, help="folder holding MNIST/raw/")
     p.add_argument("--out", type=Path, default=None,
-                   help="checkpoint path (default runs/simplecnn.pt, or runs/quick.pt with --quick); the history goes beside it as .json")  # fmt: skip
+                   help="checkpoint path (default runs/<model>.pt, or runs/quick.pt with --quick); the history goes beside it as .json")  # fmt: skip
     p.add_argument("--device", default=None, help="cpu, cuda or mps (default: the fastest available)")
     p.add_argument("--quick", action="store_true", help="2,000 training images, 1 epoch: a smoke test")
     p.add_argument("--val", type=int, default=None, metavar="N",
@@ -258,7 +276,8 @@ def parse_args(argv=None):
     if args.resume and args.force:
         p.error("--resume continues the run at --out, --force replaces it: choose one")
     if args.out is None:
-        args.out = RUNS_DIR / ("quick.pt" if args.quick else "simplecnn.pt")
+        stem = args.model.replace("-", "_") + ("_permuted" if args.permute_pixels else "")
+        args.out = RUNS_DIR / ("quick.pt" if args.quick else f"{stem}.pt")
     return args
 
 
@@ -277,7 +296,8 @@ def main(argv=None):
     else:
         if out.exists() and not args.force:
             sys.exit(f"{out} already exists: pass --resume to continue it, --force to replace it, or another --out")
-        config = dict(RECIPE, batch_size=args.batch_size, lr=args.lr, seed=args.seed, train_subset=None, test_subset=None)
+        config = dict(RECIPE, batch_size=args.batch_size, lr=args.lr, seed=args.seed, train_subset=None, test_subset=None,
+                      model=args.model, permute_pixels=args.permute_pixels, device=str(pick_device(args.device)))  # fmt: skip
         if args.quick:
             config.update(QUICK)
         if args.epochs is not None:
@@ -286,12 +306,14 @@ def main(argv=None):
             config["val"] = args.val
 
     set_seed(config["seed"])
-    model = SimpleCNN()
+    model = MODELS[config.get("model", "simplecnn")]()  # checkpoints older than --model hold a SimpleCNN
     if resume is not None:
         load_checkpoint(out, model)
         resume = dict(resume, history=ckpt["history"])
     train = mnist_tensors(True, args.data_dir, config["train_subset"])
     test = mnist_tensors(False, args.data_dir, config["test_subset"])
+    if config.get("permute_pixels"):
+        train, test = (permute_pixels(train[0]), train[1]), (permute_pixels(test[0]), test[1])
     val = None
     if config.get("val"):
         try:
@@ -300,7 +322,8 @@ def main(argv=None):
             sys.exit(f"--val {config['val']}: {error}")
     device = pick_device(args.device)
     print(
-        f"SimpleCNN ({sum(p.numel() for p in model.parameters()):,} parameters) on {device} "
+        f"{type(model).__name__} ({sum(p.numel() for p in model.parameters()):,} parameters"
+        f"{', pixels permuted' if config.get('permute_pixels') else ''}) on {device} "
         f"({torch.get_num_threads()} threads), {len(train[0]):,} training / "
         + (f"{len(val[0]):,} validation / " if val is not None else "")
         + f"{len(test[0]):,} test images"

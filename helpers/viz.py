@@ -18,9 +18,14 @@ HAND_KERNELS = {
     "diagonal edge /": torch.tensor([[-2.0, -1, 0], [-1, 0, 1], [0, 1, 2]]),
     "blur": torch.full((3, 3), 1 / 9),
 }
-# the patterns a first-layer filter is tested with: the four edges, and a bright spot on a dark surround
-PATTERNS = {name: k for name, k in HAND_KERNELS.items() if "edge" in name}
-PATTERNS["spot"] = torch.tensor([[-1.0, -1, -1], [-1, 8, -1], [-1, -1, -1]])
+# What a first-layer filter is tested for (describe_filters). Edges: named by the direction the edge runs,
+# in degrees counter-clockwise from horizontal. PATTERNS: other shapes (add your own, a name and a 3x3 tensor).
+EDGE_ORIENTATIONS = {"horizontal edge": 0, "diagonal edge /": 45, "vertical edge": 90, "diagonal edge \\": 135}
+PATTERNS = {"spot": torch.tensor([[-1.0, -1, -1], [-1, 8, -1], [-1, -1, -1]])}  # a bright spot on a dark surround
+# the two levels of an MNIST pixel after normalisation: blank paper (raw 0) and full ink (raw 1)
+BLANK = -MNIST_MEAN / MNIST_STD  # -0.4242
+INK = (1 - MNIST_MEAN) / MNIST_STD  # 2.8215
+
 
 def show_images(images, titles=None, ncols=8, cmap="gray", suptitle=None, size=1.3, colorbar=False, signed=False):
     """A grid of 2-D images, each with an optional title. images: (N, H, W) or (N, 1, H, W). Returns the figure.
@@ -71,49 +76,107 @@ def plot_history(history, published=None):
 
 
 def filter_grid(weight, nrow=8):
-    """Filters (F, 1, k, k) -> one image tensor (3, H, W), each filter scaled to [0, 1] on its own."""
-    return make_grid(weight.detach().cpu().float(), nrow=nrow, normalize=True, scale_each=True, padding=1, pad_value=1)
+    """Filters (F, 1, k, k) -> one (H, W) image of them side by side, values unchanged, NaN in the gaps."""
+    grid = make_grid(weight.detach().cpu().float(), nrow=nrow, padding=1, pad_value=float("nan"))
+    return grid[0]
 
 
-def plot_filters(weight, titles=None, title="conv1 filters (each scaled to [0, 1]: black = most negative)", ax=None):
-    """conv1's filters in one grid. weight: (F, 1, k, k). With titles, one labelled panel per filter instead."""
-    weight = torch.as_tensor(weight).detach().cpu()
+def _signed_style(limit):
+    cmap = plt.get_cmap("RdBu_r").with_extremes(bad="0.75")  # the gaps between filters: grey, so white still means 0
+    return dict(cmap=cmap, vmin=-limit, vmax=limit)
+
+
+def plot_filters(weight, titles=None, title="conv1 filters (red: positive weight, blue: negative, white: 0)",
+                 ax=None, limit=None, nrow=8):  # fmt: skip
+    """conv1's filters, weight: (F, 1, k, k), on one red/blue scale symmetric about 0, with a colour bar.
+
+    One scale for all filters shows the strong and the weak ones; ``limit`` fixes it (for example the
+    largest |weight| over several snapshots, to compare them). With titles, one labelled panel per filter.
+    """
+    weight = torch.as_tensor(weight).detach().cpu().float()
+    limit = limit or float(weight.abs().max()) or 1.0
     if titles is not None:
-        lo = weight.flatten(1).min(1).values.view(-1, 1, 1, 1)
-        hi = weight.flatten(1).max(1).values.view(-1, 1, 1, 1)
-        return show_images((weight - lo) / (hi - lo + 1e-12), titles, ncols=8, suptitle=title, size=1.35)
+        nrows = math.ceil(len(weight) / nrow)
+        fig, axes = plt.subplots(nrows, nrow, figsize=(1.3 * nrow + 0.9, 1.3 * nrows + 0.5), squeeze=False,
+                                 layout="constrained")  # fmt: skip
+        for a in axes.flat:
+            a.axis("off")
+        for a, w, t in zip(axes.flat, weight, titles):
+            shown = a.imshow(w[0].numpy(), **_signed_style(limit))
+            a.set_title(t, fontsize=8)
+        fig.suptitle(title)
+        fig.colorbar(shown, ax=axes, fraction=0.02, pad=0.01)
+        return fig
     if ax is None:
-        fig, ax = plt.subplots(figsize=(6, 3.2))
-    ax.imshow(filter_grid(weight).permute(1, 2, 0).numpy())
+        fig, ax = plt.subplots(figsize=(6.6, 3.2))
+    shown = ax.imshow(filter_grid(weight, nrow).numpy(), **_signed_style(limit))
+    ax.figure.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
     ax.set_title(title, fontsize=10)
     ax.axis("off")
     return ax.figure
 
 
-def describe_filters(weight, threshold=0.5):
-    """What each 3x3 first-layer filter detects, measured by its response to the ``PATTERNS``.
+def filter_kinds():
+    """The names describe_filters gives, in the order the notebooks count them."""
+    return ["silent", "background", "ink", *EDGE_ORIENTATIONS, *PATTERNS, "other"]
 
-    weight: (F, 1, 3, 3) -> (labels: F names, similarity: (F, P) tensor). A filter's response to a
-    pattern placed under it is the dot product of the two. Each filter's flat part (its response to
-    uniform brightness) is removed first, and responses are scaled to cosine similarities: +-1 is a
-    perfect match (the sign is the edge's polarity). A filter whose best |similarity| is below
-    ``threshold`` is "mixed"; one that is mostly flat is "brightness".
+
+def describe_filters(weight, bias=None, share=0.5, plain=1 / 3):
+    """What each 3x3 first-layer unit relu(w . patch + b) detects, measured from its weights and bias.
+
+    weight: (F, 1, 3, 3), bias: (F,) or None -> (labels: F names, measures: {name: (F,) tensor}).
+    The unit's output for three patches (pixels at BLANK = -0.42 or INK = 2.82, as in a normalised digit):
+    ``blank`` (a patch of blank paper), ``ink`` (all ink) and ``best``, the largest output any patch of
+    an MNIST image can give (ink where w > 0, blank where w < 0: a linear function peaks at a corner).
+    Then the filter's *pattern*, its weights minus their mean: ``edge`` is the share of the pattern's
+    energy (sum of squares) that is an edge, i.e. lies in the span of the two Sobel kernels, which are
+    orthogonal and together make an edge at any angle; ``angle`` is the direction that edge runs
+    (0-180 degrees, perpendicular to the filter's gradient); one share per ``PATTERNS`` entry likewise.
+    The label is the first that applies:
+      "silent"        best == 0: no input switches the unit on;
+      "background"    blank >= plain * best: blank paper drives it at least a third as hard as its best patch;
+      "ink"           ink >= plain * best: likewise for a patch of ink;
+      an edge         edge >= share: the pattern is mostly an edge; named by the nearest of EDGE_ORIENTATIONS;
+      a PATTERNS name that pattern holds at least ``share`` of the energy (the largest share wins);
+      "other"         none of these.
+    Edges and the spot are orthogonal (cos 0), so at most one of them can hold half the energy.
     """
-    w = torch.as_tensor(weight).detach().flatten(1).float()
-    flat = w.mean(1, keepdim=True)
-    w0 = w - flat
-    patterns = torch.stack([p.flatten() - p.mean() for p in PATTERNS.values()])
-    similarity = (w0 @ patterns.t()) / (w0.norm(dim=1, keepdim=True) * patterns.norm(dim=1) + 1e-12)
-    names = list(PATTERNS)
+    w = torch.as_tensor(weight).detach().cpu().flatten(1).float()
+    b = torch.zeros(len(w)) if bias is None else torch.as_tensor(bias).detach().cpu().float()
+    total = w.sum(1)
+    measures = {
+        "blank": (b + total * BLANK).clamp(min=0),
+        "ink": (b + total * INK).clamp(min=0),
+        "best": (b + torch.where(w > 0, w * INK, w * BLANK).sum(1)).clamp(min=0),
+    }
+    pattern = w - w.mean(1, keepdim=True)
+    energy = pattern.pow(2).sum(1).clamp(min=1e-12)
+    sobel_x, sobel_y = HAND_KERNELS["vertical edge"].flatten(), HAND_KERNELS["horizontal edge"].flatten()
+    right, up = -(pattern @ sobel_x), pattern @ sobel_y  # the gradient: how the weights grow rightwards, upwards
+    measures["edge"] = (right**2 + up**2) / sobel_x.pow(2).sum() / energy
+    measures["angle"] = (torch.rad2deg(torch.atan2(up, right)) + 90) % 180
+    for name, p in PATTERNS.items():
+        p = p.flatten().float() - p.float().mean()
+        measures[name] = (pattern @ p) ** 2 / p.pow(2).sum() / energy
     labels = []
     for f in range(len(w)):
-        if flat[f].abs() * 3 > 0.8 * w[f].norm():  # the flat component holds most of the filter
-            labels.append("brightness")
-        elif similarity[f].abs().max() < threshold:
-            labels.append("mixed")
+        blank, ink, best = (measures[k][f].item() for k in ("blank", "ink", "best"))
+        shapes = {"edge": measures["edge"][f].item(), **{n: measures[n][f].item() for n in PATTERNS}}
+        shape, strongest = max(shapes.items(), key=lambda kv: kv[1])
+        if best == 0:
+            labels.append("silent")
+        elif blank >= plain * best and blank >= ink:
+            labels.append("background")
+        elif ink >= plain * best:
+            labels.append("ink")
+        elif strongest < share:
+            labels.append("other")
+        elif shape == "edge":
+            angle = measures["angle"][f].item()
+            labels.append(min(EDGE_ORIENTATIONS, key=lambda n: abs((angle - EDGE_ORIENTATIONS[n] + 90) % 180 - 90)))
         else:
-            labels.append(names[similarity[f].abs().argmax()])
-    return labels, similarity
+            labels.append(shape)
+    return labels, measures
 
 
 def top_patches(model, images, layer, k=8, batch_size=256):
@@ -165,12 +228,19 @@ def plot_confusion(labels, predictions, classes=range(10)):
 
 
 def plot_feature_map(acts, image, layer, channel, title=None):
-    """The input digit beside one channel of one layer. acts: model.activations(x) for a batch of one image."""
+    """The input digit beside one channel of one layer. acts: model.activations(x) for a batch of one image.
+
+    A map with negative values (a convolution before its ReLU) is drawn red/blue, symmetric about 0.
+    """
     fmap = acts[layer][0, channel].detach().cpu().numpy()
     fig, (ax_in, ax_map) = plt.subplots(1, 2, figsize=(6.4, 3.2))
     ax_in.imshow(image.squeeze().cpu().numpy(), cmap="gray")
     ax_in.set_title(title or "input", fontsize=10)
-    shown = ax_map.imshow(fmap, cmap="viridis")
+    if fmap.min() < 0:  # a convolution's output before ReLU: signed, red/blue symmetric about 0
+        limit = float(abs(fmap).max())
+        shown = ax_map.imshow(fmap, cmap="RdBu_r", vmin=-limit, vmax=limit)
+    else:
+        shown = ax_map.imshow(fmap, cmap="viridis")
     zeros = (fmap == 0).mean()
     ax_map.set_title(f"{layer}, channel {channel}: {tuple(fmap.shape)}, {zeros:.0%} zeros", fontsize=10)
     fig.colorbar(shown, ax=ax_map, fraction=0.046, pad=0.04)
@@ -181,10 +251,14 @@ def plot_feature_map(acts, image, layer, channel, title=None):
 
 
 def plot_all_channels(acts, layer, ncols=16, title=None):
-    """Every channel of one layer for one image, in a grid (each channel on its own colour scale)."""
+    """Every channel of one layer for one image, in a grid (each channel on its own colour scale; a layer
+    with negative values, a convolution before its ReLU, in red/blue symmetric about 0)."""
     maps = acts[layer][0].detach().cpu()
     titles = [str(c) for c in range(len(maps))]
-    return show_images(maps, titles, ncols=ncols, cmap="viridis", size=0.9,
+    signed, size = bool(maps.min() < 0), 0.9
+    if signed:  # room for the colour bar beside every panel
+        ncols, size = min(ncols, 8), 1.5
+    return show_images(maps, titles, ncols=ncols, cmap="viridis", size=size, signed=signed,
                        suptitle=title or f"{layer}: all {len(maps)} channels {tuple(maps.shape[1:])}")  # fmt: skip
 
 
@@ -201,4 +275,95 @@ def plot_predictions(image, probabilities, title="input"):
         ax.set(ylim=(0, 1), xticks=range(10), xlabel="digit", ylabel="probability")
         ax.set_title(f"{name}: {best} ({p[best]:.0%})", fontsize=10)
     fig.tight_layout()
+    return fig
+
+
+def plot_attributions(images, maps, titles=None, probabilities=None, overlay=("Grad-CAM",), size=1.9):
+    """Each digit beside its attribution maps, one row per digit. Returns the figure.
+
+    images: (N, 1, 28, 28); maps: {method name: (N, 1, 28, 28)}; titles: one per digit; probabilities:
+    optional (N, 10), drawn as a bar chart at the end of each row. Signed maps get the scale of
+    ``show_images(signed=True)`` (red/blue symmetric about 0, own colour bar); the maps named in
+    ``overlay``, never negative by construction (Grad-CAM), are laid over the digit in heat colours,
+    transparent where they are 0.
+    """
+    images = torch.as_tensor(images).detach().cpu()
+    ncols = 1 + len(maps) + (probabilities is not None)
+    fig, axes = plt.subplots(len(images), ncols, figsize=(size * ncols, size * len(images)), squeeze=False)
+    for row, image in enumerate(images):
+        digit = image.squeeze().numpy()
+        axes[row, 0].imshow(digit, cmap="gray")
+        axes[row, 0].set_title(titles[row] if titles is not None else "input", fontsize=8)
+        for ax, (name, m) in zip(axes[row, 1:], maps.items()):
+            m = torch.as_tensor(m[row]).detach().cpu().squeeze().double().numpy()
+            if name in overlay:
+                top = float(m.max()) or 1.0
+                ax.imshow(digit, cmap="gray", vmin=digit.min(), vmax=2 * digit.max() - digit.min())  # dimmed: ink is grey
+                shown = ax.imshow(m, cmap="inferno", alpha=0.85 * m / top, vmin=0, vmax=top)
+            else:
+                limit = float(abs(m).max()) or 1.0
+                shown = ax.imshow(m, cmap="RdBu_r", vmin=-limit, vmax=limit)
+            ax.set_title(name, fontsize=8)
+            bar = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04, format="%.2g")  # no offset text over the titles
+            bar.ax.tick_params(labelsize=7)
+        for ax in axes[row, : ncols - (probabilities is not None)]:
+            ax.axis("off")
+        if probabilities is not None:
+            p = torch.as_tensor(probabilities[row]).detach().cpu().numpy()
+            ax = axes[row, -1]
+            ax.bar(range(10), p, color=["tab:orange" if d == p.argmax() else "tab:blue" for d in range(10)])
+            ax.set(ylim=(0, 1), xticks=range(10))
+            ax.tick_params(labelsize=7)
+            ax.set_title("probabilities", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_answer(image, probabilities, maps=None, drawing=None, title=None):
+    """A drawn digit's answer: what the networks receive, why the first one answered, and their probabilities.
+
+    image: (1, 28, 28) normalised, the networks' input; probabilities: {model name: (10,)};
+    maps: {title: (1, 28, 28)} explanation maps of that input: a signed one (saliency) in red/blue
+    symmetric about 0 with a colour bar, a non-negative one (Grad-CAM) in yellow over the digit; both
+    with the digit's outline. drawing: (H, W) in [0, 1], the pad as drawn, shown first when given.
+    A plain grid, no automatic layout: the pad redraws this after every stroke, so it must be quick.
+    """
+    maps = maps or {}
+    top = ([drawing] if drawing is not None else []) + [image] + list(maps.values())
+    n_top, n_bars = len(top), len(probabilities)
+    fig = plt.figure(figsize=(max(2.2 * n_top, 3.3 * n_bars), 4.6))
+    upper = fig.add_gridspec(1, n_top, left=0.04, right=0.9, top=0.86 if title else 0.92, bottom=0.56, wspace=0.35)
+    lower = fig.add_gridspec(1, n_bars, left=0.09, right=0.93, top=0.44, bottom=0.1, wspace=0.3)
+    axes = [fig.add_subplot(upper[0, i]) for i in range(n_top)]
+    bars = [fig.add_subplot(lower[0, j]) for j in range(n_bars)]
+    digit = image.squeeze().detach().cpu().numpy()
+    outline = (0.3 - MNIST_MEAN) / MNIST_STD  # where the ink reaches 30% white
+    for ax in axes:
+        ax.axis("off")
+    if drawing is not None:
+        axes[0].imshow(torch.as_tensor(drawing).cpu().numpy(), cmap="gray", vmin=0, vmax=1)
+        axes[0].set_title(f"the drawing ({drawing.shape[-1]}×{drawing.shape[-2]})", fontsize=9)
+    ax_in = axes[n_top - len(maps) - 1]
+    ax_in.imshow(digit, cmap="gray")
+    ax_in.set_title("the networks' input (28×28)", fontsize=9)
+    for ax, (name, m) in zip(axes[n_top - len(maps) :], maps.items()):
+        m = m.squeeze().detach().cpu().numpy()
+        if m.min() < 0:
+            limit = float(abs(m).max()) or 1.0
+            shown = ax.imshow(m, cmap="RdBu_r", vmin=-limit, vmax=limit)
+            bar = fig.colorbar(shown, cax=ax.inset_axes([1.04, 0, 0.06, 1]))  # beside it: the panel keeps its size
+            bar.ax.tick_params(labelsize=7)
+        else:
+            ax.imshow(digit, cmap="gray")
+            ax.imshow(m, cmap="inferno", alpha=0.6, vmin=0, vmax=float(m.max()) or 1.0)
+        ax.contour(digit, levels=[outline], colors="k" if m.min() < 0 else "w", linewidths=0.6)
+        ax.set_title(name, fontsize=9)
+    for ax, (name, p) in zip(bars, probabilities.items()):
+        p = p.detach().cpu().numpy()
+        best = int(p.argmax())
+        ax.bar(range(10), p, color=["tab:orange" if d == best else "tab:blue" for d in range(10)])
+        ax.set(ylim=(0, 1), xticks=range(10), xlabel="digit", ylabel="probability")
+        ax.set_title(f"{name}: {best} ({p[best]:.0%})", fontsize=10)
+    if title:
+        fig.suptitle(title, fontsize=11)
     return fig

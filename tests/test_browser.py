@@ -1,9 +1,10 @@
 """The sliders as a reader uses them: JupyterLab (and Jupyter Notebook 7) in a real headless Chromium,
 driven by Playwright.
 
-Opens copies of notebooks 06 and 07 (so nothing is ever saved over the committed ones), runs all
+Opens copies of notebooks 06, 07 and 08 (so nothing is ever saved over the committed ones), runs all
 cells with CNN_QUICK=1, waits for the widgets to render as widgets, moves a slider with the keyboard
-and picks from a dropdown, and checks that the figure redrew. Screenshots of every step go to
+and picks from a dropdown, and checks that the figure redrew. In notebook 09 it draws on the pad with
+the mouse (a 1, a 0 and a 7) and reads the networks' answers. Screenshots of every step go to
 test-artifacts/browser/. Select with `pytest -m browser`, leave out with `-m "not browser"`.
 
 Without Chromium the test skips, saying how to install it; with CI=true or REQUIRE_BROWSER=1 a missing
@@ -12,6 +13,7 @@ browser fails instead. CHROMIUM_PATH points at a browser binary of your choice.
 
 import contextlib
 import json
+import math
 import os
 import secrets
 import shutil
@@ -169,7 +171,7 @@ def jupyter_server(work, app):
 
 def notebook_copies(tmp_path_factory):
     work = tmp_path_factory.mktemp("notebooks")
-    for name in ("06_feature_maps.ipynb", "07_why_cnns_work.ipynb"):
+    for name in ("06_feature_maps.ipynb", "07_why_cnns_work.ipynb", "08_why_that_answer.ipynb", "09_draw_a_digit.ipynb"):
         shutil.copy(ROOT / "notebooks" / name, work / name)  # never the committed files: nothing is saved over them
     return work
 
@@ -383,6 +385,131 @@ def test_shift_explorer_in_jupyterlab(browser, lab):
     nb.page.close()
 
 
+def test_explanation_explorer_in_jupyterlab(browser, lab):
+    nb = Notebook(browser, lab, "08_why_that_answer.ipynb")
+    nb.run_all()
+    cell = nb.widget_cell("explanation_explorer(")
+    image_slider = cell.locator(".widget-slider").first
+    nb.redraws(cell, lambda: press(nb, image_slider.locator(".noUi-handle"), "ArrowRight", times=1))
+    assert image_slider.locator(".widget-readout").inner_text().strip() == "1"
+    nb.shot("explain-image-1")
+    nb.redraws(cell, lambda: cell.locator("select").select_option(label="3"))  # why (not) a 3?
+    nb.shot("explain-class-3")
+    nb.page.close()
+
+
 def test_feature_map_explorers_in_jupyter_notebook(browser, classic):
     # Notebook 7 keeps the arrow keys for itself: a reader there drags the sliders
     check_feature_map_explorers(browser, classic, keyboard=False)
+
+
+# ----------------------------------------------------------------------------- notebook 09: the drawing pad
+
+
+def run_up_to(nb, source_start):
+    """Run every cell above the one starting with ``source_start``, and that one: the rest of the
+    notebook (its measurements, which nbval runs) is not needed to draw."""
+    index = nb.page.evaluate(
+        """(start) => { const w = window.jupyterapp.shell.currentWidget;
+                        const i = w.content.widgets.findIndex(c => c.model.sharedModel.getSource().startsWith(start));
+                        if (i >= 0) w.content.activeCellIndex = i + 1;
+                        return i; }""",
+        source_start,
+    )
+    assert index >= 0, f"no cell starting with {source_start!r} in {nb.name}"
+    nb.page.evaluate("window.jupyterapp.commands.execute('notebook:clear-all-cell-outputs')")
+    nb.page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-above')")
+    state = nb.page.wait_for_function(
+        """(last) => { const w = window.jupyterapp.shell.currentWidget;
+                       const cells = w.content.widgets.slice(0, last + 1).filter(c => c.model.type === 'code');
+                       const failed = cells.find(c => c.model.outputs.toJSON().some(o => o.output_type === 'error'));
+                       if (failed) return 'error in: ' + failed.model.sharedModel.getSource().slice(0, 80);
+                       const done = cells.every(c => c.model.executionCount !== null)
+                                    && w.sessionContext.session.kernel.status === 'idle';
+                       return done ? 'done' : false; }""",
+        arg=index,
+        timeout=120_000,
+    ).json_value()
+    nb.shot("ran-to-the-pad")
+    assert state == "done", f"{nb.name}: {state}"
+    nb.assert_clean()
+
+
+def stroke(nb, canvas, points):
+    """Draw one stroke with the mouse through points given in pad pixels (0 to 280); returns the seconds
+    from releasing the button to the answer's caption changing."""
+    canvas.scroll_into_view_if_needed()
+    box = canvas.bounding_box()
+    scale = box["width"] / 280
+    at = lambda x, y: (box["x"] + x * scale, box["y"] + y * scale)
+    before = nb.caption.inner_text()
+    nb.page.mouse.move(*at(*points[0]))
+    nb.page.mouse.down()
+    for x, y in points[1:]:
+        nb.page.mouse.move(*at(x, y), steps=4)
+    nb.page.mouse.up()
+    start = time.perf_counter()
+    nb.page.wait_for_function("([el, before]) => el.innerText !== before", arg=[nb.caption.element_handle(), before],
+                              timeout=30_000)  # fmt: skip
+    return time.perf_counter() - start
+
+
+def reading(nb):
+    """The pad's caption, e.g. {'SimpleCNN': (1, '100%'), 'MLP': (1, '98%')}."""
+    parts = [p.split(":") for p in nb.caption.inner_text().split("·")]
+    return {name.strip(): (int(answer.split()[0]), answer.split()[1].strip("()")) for name, answer in parts}
+
+
+def clear(nb, cell):
+    cell.get_by_role("button", name="Clear").click()
+    nb.page.wait_for_function("(el) => el.innerText.startsWith('Draw a digit')", arg=nb.caption.element_handle())
+    nb.settle()
+
+
+def check_drawing_pad(browser, server, drawings):
+    """Open notebook 09, run it down to the pad, press Clear, and draw each of ``drawings``
+    ({name: (digit, strokes)}), checking SimpleCNN's answer; returns {name: (reading, seconds)}."""
+    nb = Notebook(browser, server, "09_draw_a_digit.ipynb")
+    run_up_to(nb, "pad = DrawingPad(")
+    cell = nb.cell("pad = DrawingPad(")
+    canvas = cell.locator("canvas").first
+    canvas.wait_for(timeout=30_000)
+    nb.caption = cell.locator(".widget-html-content").first
+    nb.page.wait_for_function("(el) => el.innerText.includes('SimpleCNN: 2')", arg=nb.caption.element_handle(),
+                              timeout=30_000)  # the example "2" the pad starts with  # fmt: skip
+    box = canvas.bounding_box()
+    assert round(box["width"]) == round(box["height"]) == 280, f"the pad is {box['width']}x{box['height']} on screen"
+    nb.settle()
+    nb.shot("pad")
+    seen = {}
+    for name, (digit, strokes) in drawings.items():
+        clear(nb, cell)
+        assert cell.locator(".widget-image").first.is_hidden(), "Clear left the answer's figure"
+        seconds = [stroke(nb, canvas, points) for points in strokes]
+        seen[name] = (reading(nb), seconds[-1])
+        nb.settle()
+        nb.assert_clean()
+        nb.shot(f"drew-{name}")
+        assert seen[name][0]["SimpleCNN"][0] == digit, f"{nb.name}: a drawn {name} was read as {seen[name][0]}"
+    nb.page.set_viewport_size({"width": 1400, "height": 1400})  # the whole pad, answer and feature maps
+    output = cell.locator(".jp-OutputArea-output").first
+    output.scroll_into_view_if_needed()
+    output.screenshot(path=ARTIFACTS / f"{server['app']}-drawing-pad.png")  # docs/drawing-pad.png is the lab one
+    nb.page.close()
+    return seen
+
+
+ONE = [(140, 40), (138, 140), (136, 240)]
+OVAL = [(140 + 55 * math.sin(2 * math.pi * t / 24), 140 - 90 * math.cos(2 * math.pi * t / 24)) for t in range(26)]
+SEVEN = [(80, 55), (140, 55), (200, 55), (165, 150), (125, 240)]  # the bar, then the diagonal, in one stroke
+
+
+def test_drawing_pad_in_jupyterlab(browser, lab):
+    seen = check_drawing_pad(browser, lab, {"vertical stroke": (1, [ONE]), "oval": (0, [OVAL]), "seven": (7, [SEVEN])})
+    (ARTIFACTS / "lab-drawing-pad.json").write_text(json.dumps(seen, indent=1))
+    print("drawn and read (SimpleCNN, MLP), seconds from pen-up to the caption:", seen)
+
+
+def test_drawing_pad_in_jupyter_notebook(browser, classic):
+    seen = check_drawing_pad(browser, classic, {"vertical stroke": (1, [ONE])})
+    (ARTIFACTS / "notebook-drawing-pad.json").write_text(json.dumps(seen, indent=1))

@@ -4,10 +4,15 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import math  # noqa: E402
+
 import numpy as np  # noqa: E402
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from hypothesis.extra.numpy import arrays  # noqa: E402
 
 import helpers  # noqa: E402
 from helpers import widgets  # noqa: E402
@@ -98,12 +103,14 @@ def test_explorers_keep_one_figure_alive(trained):
 
 
 def test_describe_filters_recognises_the_hand_made_kernels():
-    kernels = torch.stack([helpers.viz.HAND_KERNELS[k] for k in helpers.viz.PATTERNS if k in helpers.viz.HAND_KERNELS])
-    labels, similarity = helpers.describe_filters(torch.cat([kernels, -kernels]).unsqueeze(1))
-    edges = [k for k in helpers.viz.PATTERNS if "edge" in k]
+    edges = ["vertical edge", "horizontal edge", "diagonal edge \\", "diagonal edge /"]
+    kernels = torch.stack([helpers.viz.HAND_KERNELS[k] for k in edges]).unsqueeze(1)
+    labels, measures = helpers.describe_filters(torch.cat([kernels, -kernels]))
     assert labels == edges + edges  # either polarity is the same detector
-    assert helpers.describe_filters(torch.ones(1, 1, 3, 3))[0] == ["brightness"]
+    assert torch.allclose(measures["angle"], torch.tensor([90.0, 0, 135, 45] * 2))
     assert helpers.describe_filters(helpers.viz.PATTERNS["spot"].view(1, 1, 3, 3))[0] == ["spot"]
+    blur = helpers.viz.HAND_KERNELS["blur"].view(1, 1, 3, 3)
+    assert helpers.describe_filters(torch.cat([blur, -blur]))[0] == ["ink", "background"]
 
 
 def test_shift_images_moves_pixels_and_fills_background():
@@ -139,3 +146,89 @@ def test_top_patches_are_the_strongest_units_cut_to_their_field(trained):
         r, q = -3 + (position // 14) * 2, -3 + (position % 14) * 2
         framed = torch.nn.functional.pad(images[index[c, 0], 0], (8, 8, 8, 8), value=images.min().item())
         assert torch.equal(patches[c, 0], framed[r + 8 : r + 16, q + 8 : q + 16])
+
+
+def test_describe_filters_calls_an_all_negative_filter_with_positive_bias_a_background_detector(trained):
+    like_conv1_3 = -torch.full((1, 1, 3, 3), 0.25)  # all nine weights negative ...
+    labels, measures = helpers.describe_filters(like_conv1_3, torch.tensor([0.19]))  # ... and a positive bias
+    assert labels == ["background"]
+    assert measures["ink"].item() == 0 and measures["blank"].item() == pytest.approx(0.19 + 2.25 * 0.4242, abs=1e-3)
+    assert helpers.describe_filters(like_conv1_3, torch.tensor([-1.0]))[0] == ["silent"]  # nothing switches it on
+    model = trained[0]
+    labels, _ = helpers.describe_filters(model.conv1.weight, model.conv1.bias)
+    assert labels[3] == "background"  # the committed network's conv1 #3: zero on ink, about 1 on blank paper
+
+
+def test_describe_filters_reads_the_angle_of_an_edge_at_any_orientation():
+    sobel_x, sobel_y = helpers.viz.HAND_KERNELS["vertical edge"], helpers.viz.HAND_KERNELS["horizontal edge"]
+    for angle in range(0, 180, 5):
+        across = math.radians(angle - 90)  # the gradient is perpendicular to the edge
+        kernel = math.cos(across) * -sobel_x + math.sin(across) * sobel_y
+        labels, measures = helpers.describe_filters(kernel.view(1, 1, 3, 3))
+        assert measures["angle"].item() == pytest.approx(angle, abs=1e-3)
+        assert measures["edge"].item() == pytest.approx(1.0)
+        bins = helpers.EDGE_ORIENTATIONS
+        nearest = min(bins, key=lambda n: abs((angle - bins[n] + 90) % 180 - 90))
+        if angle % 45 != 22.5:
+            assert labels == [nearest]
+
+
+@settings(max_examples=200, deadline=None)
+@given(arrays(np.float32, (1, 1, 3, 3), elements=st.floats(-1, 1, width=32)), st.floats(-0.5, 0.5), st.floats(0.1, 10))
+def test_describe_filters_turns_with_the_filter_and_ignores_its_scale(weight, bias, scale):
+    w, b = torch.from_numpy(weight), torch.tensor([bias])
+    labels, measures = helpers.describe_filters(w, b)
+    _, turned = helpers.describe_filters(torch.rot90(w, 1, (-2, -1)), b)  # a quarter turn anticlockwise
+    assert turned["edge"].item() == pytest.approx(measures["edge"].item(), abs=1e-4)
+    if measures["edge"].item() > 0.01:  # an edge turned a quarter turn runs 90 degrees further round
+        assert (turned["angle"] - measures["angle"]).remainder(180).item() == pytest.approx(90, abs=1e-2)
+    assert helpers.describe_filters(w * scale, b * scale)[0] == labels  # a unit and its scaled copy detect the same
+
+
+def test_background_and_ink_detectors_behave_so_on_real_digits(trained):
+    model, _, images, _ = trained
+    labels, _ = helpers.describe_filters(model.conv1.weight, model.conv1.bias)
+    with torch.no_grad():
+        maps = model.relu1(model.conv1(images))  # (20, 32, 28, 28)
+    ink = (images > 1.0).expand_as(maps)  # raw pixel value above 0.44
+    near_ink = torch.nn.functional.max_pool2d((images > -0.4).float(), 5, 1, 2).bool().expand_as(maps)
+    blank = ~near_ink  # at least two pixels away from any ink
+    blank[..., :1, :] = blank[..., -1:, :] = blank[..., :, :1] = blank[..., :, -1:] = False  # not the padded border
+    for c, label in enumerate(labels):
+        on_ink, on_blank = maps[:, c][ink[:, c]].mean(), maps[:, c][blank[:, c]].mean()
+        if label == "background":
+            assert on_blank > 0.5 and on_ink < 0.05 * on_blank, c
+        if label == "ink":
+            assert on_ink > 0.3 and on_blank < 0.05 * on_ink, c
+
+
+def test_signed_feature_maps_and_filters_are_centred_on_zero(trained):
+    import matplotlib.pyplot as plt
+
+    model, _, images, _ = trained
+    with torch.no_grad():
+        acts = model.activations(images[:1])
+    conv = helpers.plot_feature_map(acts, images[0], "conv1", 3).axes[1].images[0].get_clim()
+    assert conv == pytest.approx((-acts["conv1"][0, 3].abs().max().item(), acts["conv1"][0, 3].abs().max().item()))
+    relu = helpers.plot_feature_map(acts, images[0], "relu1", 3).axes[1].images[0].get_clim()
+    assert relu[0] >= 0  # a map without negative values keeps its own scale
+    fig = helpers.plot_filters(model.conv1.weight)
+    limit = model.conv1.weight.abs().max().item()
+    assert fig.axes[0].images[0].get_clim() == pytest.approx((-limit, limit)) and len(fig.axes) == 2  # and a colour bar
+    grid = helpers.plot_all_channels(acts, "conv1")
+    assert all(lo == -hi for lo, hi in (ax.images[0].get_clim() for ax in grid.axes if ax.images))
+    plt.close("all")
+
+
+def test_explanation_explorer_redraws_for_every_image_and_class(trained):
+    model, _, images, labels = trained
+    box = widgets.explanation_explorer(model, images[:3], labels[:3])
+    ctl = controls(box)
+    titles = lambda: [ax.get_title() for ax in box.figure.axes]
+    assert titles()[:5] == [f"test image 0: a {labels[0]}\nexplaining {labels[0]} (p = 100.0%)", *widgets.EXPLORER_METHODS]
+    seen = [pixels(box.figure)]
+    for name, value in [("test image", 2), ("explain", 3)]:
+        ctl[name].value = value
+        seen.append(pixels(box.figure))
+        assert not np.array_equal(seen[-1], seen[-2]), f"moving {name!r} did not redraw the figure"
+    assert titles()[0] == f"test image 2: a {labels[2]}\nexplaining 3 (p = 2e-14)"  # tiny: not "0.0%"
