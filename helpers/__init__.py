@@ -39,6 +39,7 @@ from .data import (  # noqa: E402
     place_digits,
     render_strokes,
     shift_images,
+    split_validation,
     squeeze_to_frame,
     zoom_images,
 )

@@ -59,6 +59,25 @@ def mnist_tensors(train=True, root=DATA_DIR, subset=None):
     return images, base.targets[:n].clone()
 
 
+def split_validation(train, size=5000, seed=0):
+    """Hold out ``size`` training images for validation: (images, labels) -> (train, val), two such pairs.
+
+    Choices (which epoch to keep, which learning rate) are made on the validation images, so that the
+    test set stays unseen until one final measurement. The held-out images are a random choice fixed by
+    ``seed`` (not by the training run's seed); both parts keep the original order.
+    train: (images (N, 1, 28, 28), labels (N,)), e.g. from ``mnist_tensors``.
+    """
+    images, labels = train
+    if not 0 < size < len(images):
+        raise ValueError(
+            f"the validation split must hold between 1 and {len(images) - 1} of the {len(images):,} "
+            f"training images, got {size}"
+        )
+    held_out = torch.zeros(len(images), dtype=torch.bool)
+    held_out[torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:size]] = True
+    return (images[~held_out], labels[~held_out]), (images[held_out], labels[held_out])
+
+
 def batches(images, labels, batch_size, shuffle=False, generator=None):
     """Yield (images, labels) mini-batches: (B, 1, 28, 28), (B,); the last one may be smaller."""
     order = torch.randperm(len(images), generator=generator) if shuffle else torch.arange(len(images))

@@ -3,6 +3,7 @@
     python -m helpers.train                 # the published recipe: 10 epochs on all of MNIST
     python -m helpers.train --quick         # one epoch on 2,000 images, a smoke test
     python -m helpers.train --resume        # continue an interrupted run where it stopped
+    python -m helpers.train --val 5000      # choose the epoch on 5,000 held-out training images
     python -m helpers.train --model mlp --permute-pixels --out checkpoints/mlp_permuted.pt   # notebook 07's ablations
 """
 
@@ -19,7 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .checkpoint import load_checkpoint, remove_orphaned_temporaries, save_checkpoint, save_json
-from .data import DATA_DIR, batches, mnist_tensors, permute_pixels
+from .data import DATA_DIR, batches, mnist_tensors, permute_pixels, split_validation
 from .layers import Conv2D
 from .model import MLP, LocallyConnectedCNN, SimpleCNN
 
@@ -138,14 +139,25 @@ def new_history(model):
     return history
 
 
-def format_epoch(row=None):
-    """One line of the per-epoch table (the header when row is None)."""
+# history key: (header, width, format), in the order of the table
+COLUMNS = {
+    "epoch": ("epoch", 5, "{:>5}"),
+    "train_loss": ("train loss", 10, "{:>10.4f}"),
+    "train_acc": ("train acc", 9, "{:>9.2%}"),
+    "val_loss": ("val loss", 8, "{:>8.4f}"),
+    "val_acc": ("val acc", 7, "{:>7.2%}"),
+    "test_loss": ("test loss", 9, "{:>9.4f}"),
+    "test_acc": ("test acc", 8, "{:>8.2%}"),
+    "lr": ("lr", 8, "{:>8.6f}"),
+    "seconds": ("time", 6, "{:>5.1f}s"),
+}
+
+
+def format_epoch(row=None, columns=HISTORY_KEYS):
+    """One line of the per-epoch table (the header when row is None); columns: the history keys shown."""
     if row is None:
-        return f"{'epoch':>5} {'train loss':>10} {'train acc':>9} {'test loss':>9} {'test acc':>8} {'lr':>8} {'time':>6}"
-    return (
-        f"{row['epoch']:>5} {row['train_loss']:>10.4f} {row['train_acc']:>9.2%} {row['test_loss']:>9.4f} "
-        f"{row['test_acc']:>8.2%} {row['lr']:>8.6f} {row['seconds']:>5.1f}s"
-    )
+        return " ".join(f"{COLUMNS[key][0]:>{COLUMNS[key][1]}}" for key in columns)
+    return " ".join(COLUMNS[key][2].format(row[key]) for key in columns)
 
 
 def fit(
@@ -161,6 +173,7 @@ def fit(
     device=None,
     resume=None,
     on_epoch_end=None,
+    val=None,
     augment=None,
 ):
     """Train with Adam and cross-entropy; every ``lr_step`` epochs the learning rate is multiplied by
@@ -173,19 +186,32 @@ def fit(
     on_epoch_end(history, training_state) is called after every epoch (the CLI saves there).
     augment: a function applied to every training batch of images (see ``train_epoch``), e.g. random
     shifts; the test images are evaluated as they are.
+
+    val: (images, labels) held out from the training images (``split_validation``), to choose the
+    epoch on, so that the test set plays no part in the choice. The history then also records val_loss
+    and val_acc, and the model leaves fit with the weights of the epoch with the highest validation
+    accuracy (the earliest, on a tie), not the last epoch's. test may be None: no test set is scored
+    during training, and the chosen weights can be tested once, afterwards.
     """
     model.to(pick_device(device))
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=lr_step, gamma=lr_gamma)
     shuffle = torch.Generator().manual_seed(seed)  # its own generator: the batch order does not depend on dropout
     history = new_history(model)
+    if test is None:
+        del history["test_loss"], history["test_acc"]
+    if val is not None:
+        history.update(val_loss=[], val_acc=[])
+    best = None  # with val: {"epoch", "val_acc", "model": its weights} of the best epoch so far
     if resume is not None:
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
         shuffle.set_state(resume["shuffle_rng"])
         torch.set_rng_state(resume["torch_rng"])
         history = resume["history"]
-    tqdm.write(format_epoch())
+        best = resume.get("best")
+    columns = [key for key in COLUMNS if key in history]
+    tqdm.write(format_epoch(None, columns))
     for epoch in range(len(history["epoch"]) + 1, epochs + 1):
         start = time.perf_counter()
         lr_now = optimizer.param_groups[0]["lr"]
@@ -193,22 +219,32 @@ def fit(
             model, optimizer, *train, batch_size, shuffle, desc=f"epoch {epoch}/{epochs}", augment=augment
         )
         scheduler.step()
-        test_loss, test_acc = evaluate(model, *test)
+        test_loss, test_acc = evaluate(model, *test) if test is not None else (None, None)
         row = dict(
             epoch=epoch, train_loss=train_loss, train_acc=train_acc, test_loss=test_loss,
             test_acc=test_acc, lr=lr_now, seconds=time.perf_counter() - start,
         )  # fmt: skip
-        for key in HISTORY_KEYS:
+        if val is not None:
+            row["val_loss"], row["val_acc"] = evaluate(model, *val)
+            row["seconds"] = time.perf_counter() - start
+            if best is None or row["val_acc"] > best["val_acc"]:
+                weights = {name: value.detach().clone() for name, value in model.state_dict().items()}
+                best = dict(epoch=epoch, val_acc=row["val_acc"], model=weights)
+        for key in columns:
             history[key].append(row[key])
         if "conv1" in history:
             history["conv1"].append(model.conv1.weight.detach().cpu().tolist())
-        tqdm.write(format_epoch(row))
+        tqdm.write(format_epoch(row, columns))
         if on_epoch_end is not None:
             state = dict(
                 optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                 shuffle_rng=shuffle.get_state(), torch_rng=torch.get_rng_state(),
             )  # fmt: skip
+            if best is not None:
+                state["best"] = best
             on_epoch_end(history, state)
+    if best is not None:
+        model.load_state_dict(best["model"])
     return history
 
 
@@ -234,10 +270,13 @@ def parse_args(argv=None):
                    help="checkpoint path (default runs/<model>.pt, or runs/quick.pt with --quick); the history goes beside it as .json")  # fmt: skip
     p.add_argument("--device", default=None, help="cpu, cuda or mps (default: the fastest available)")
     p.add_argument("--quick", action="store_true", help="2,000 training images, 1 epoch: a smoke test")
+    p.add_argument("--val", type=int, default=None, metavar="N",
+                   help="hold out N training images (a fixed random choice) and choose the epoch on them: "
+                        "its weights are kept, and the test set is scored once, at the end")  # fmt: skip
     p.add_argument("--resume", action="store_true", help="continue the interrupted run saved at --out")
     p.add_argument("--force", action="store_true", help="overwrite an existing checkpoint at --out")
     args = p.parse_args(argv)
-    for name in ("epochs", "batch_size"):
+    for name in ("epochs", "batch_size", "val"):
         value = getattr(args, name)
         if value is not None and value < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1, got {value}")
@@ -274,6 +313,8 @@ def main(argv=None):
             config.update(QUICK)
         if args.epochs is not None:
             config["epochs"] = args.epochs
+        if args.val is not None:
+            config["val"] = args.val
 
     set_seed(config["seed"])
     model = MODELS[config.get("model", "simplecnn")]()  # checkpoints older than --model hold a SimpleCNN
@@ -284,11 +325,19 @@ def main(argv=None):
     test = mnist_tensors(False, args.data_dir, config["test_subset"])
     if config.get("permute_pixels"):
         train, test = (permute_pixels(train[0]), train[1]), (permute_pixels(test[0]), test[1])
+    val = None
+    if config.get("val"):
+        try:
+            train, val = split_validation(train, config["val"])
+        except ValueError as error:
+            sys.exit(f"--val {config['val']}: {error}")
     device = pick_device(args.device)
     print(
         f"{type(model).__name__} ({sum(p.numel() for p in model.parameters()):,} parameters"
         f"{', pixels permuted' if config.get('permute_pixels') else ''}) on {device} "
-        f"({torch.get_num_threads()} threads), {len(train[0]):,} training / {len(test[0]):,} test images"
+        f"({torch.get_num_threads()} threads), {len(train[0]):,} training / "
+        + (f"{len(val[0]):,} validation / " if val is not None else "")
+        + f"{len(test[0]):,} test images"
     )
 
     def save(history, state):
@@ -300,14 +349,30 @@ def main(argv=None):
     fit_args = {k: config[k] for k in RECIPE}
     start = time.perf_counter()
     try:
-        history = fit(model, train, test, device=device, resume=resume, on_epoch_end=save, **fit_args)
+        # with validation, fit never sees the test set: it is scored once, below, with the chosen weights
+        history = fit(model, train, None if val is not None else test, device=device, resume=resume,
+                      on_epoch_end=save, val=val, **fit_args)  # fmt: skip
     except KeyboardInterrupt:
         if saved or args.resume:
             print(f"\ninterrupted: {out} holds the last completed epoch; continue with --resume --out {out}")
         else:
             print(f"\ninterrupted before the first epoch finished: nothing was written to {out}")
         return 130
+    if val is not None:
+        chosen = history["val_acc"].index(max(history["val_acc"]))  # fit kept this epoch's weights
+        test_loss, test_acc = evaluate(model, *test)
+        history["chosen"] = dict(epoch=history["epoch"][chosen], val_acc=history["val_acc"][chosen],
+                                 test_loss=test_loss, test_acc=test_acc)  # fmt: skip
+        save_json(history_path, history)
     save_checkpoint(out, model, history, config)  # finished: drop the optimizer state, keep the file small
+    if val is not None:
+        epoch, val_acc = history["chosen"]["epoch"], history["chosen"]["val_acc"]
+        print(
+            f"chosen by validation: epoch {epoch} (validation accuracy {val_acc:.2%}); test accuracy of its "
+            f"weights, measured once: {test_acc:.2%}; {time.perf_counter() - start:.0f} s this session\n"
+            f"saved {out} (the weights of epoch {epoch}) and {history_path}"
+        )
+        return 0
     best = max(range(len(history["test_acc"])), key=history["test_acc"].__getitem__)
     print(
         f"best test accuracy {history['test_acc'][best]:.2%} (epoch {history['epoch'][best]}), "

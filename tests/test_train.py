@@ -8,7 +8,17 @@ import pytest
 import torch
 
 import helpers.train
-from helpers import CHECKPOINT, SimpleCNN, evaluate, fit, load_checkpoint, mnist_tensors, save_checkpoint, set_seed
+from helpers import (
+    CHECKPOINT,
+    SimpleCNN,
+    evaluate,
+    fit,
+    load_checkpoint,
+    mnist_tensors,
+    save_checkpoint,
+    set_seed,
+    split_validation,
+)
 from helpers.train import evaluating, main
 
 
@@ -71,20 +81,8 @@ def test_resume_after_interruption_ends_where_an_uninterrupted_run_ends(tmp_path
     args = ["--quick", "--epochs", "3"]
     assert main(args + ["--out", str(tmp_path / "straight.pt")]) == 0
 
-    real_train_epoch, calls = helpers.train.train_epoch, []
-
-    def interrupted(*a, **kw):  # Ctrl-C in the middle of the second epoch
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real_train_epoch(*a, **kw)
-
-    monkeypatch.setattr(helpers.train, "train_epoch", interrupted)
     out = tmp_path / "resumed.pt"
-    assert main(args + ["--out", str(out)]) == 130
-    assert load_checkpoint(out)["history"]["epoch"] == [1]
-    monkeypatch.setattr(helpers.train, "train_epoch", real_train_epoch)
-    assert main(["--resume", "--out", str(out)]) == 0
+    assert interrupted_then_resumed(monkeypatch, args, out)["epoch"] == [1]
 
     straight, resumed = load_checkpoint(tmp_path / "straight.pt"), load_checkpoint(out)
     for key, value in straight["model"].items():
@@ -170,3 +168,128 @@ def test_memory_levels_off_over_batches_and_epochs():
     # (up to 28 MB a batch, one freed buffer each), against 0 and 21 MB now
     assert sum(max(e[-1] - e[5], 0) for e in epochs) < 80, report
     assert max(epochs[-1]) - max(epochs[0]) < 50, report
+
+
+# ----------------------------------------------------------------------------- validation: choose the epoch honestly
+
+
+def interrupted_then_resumed(monkeypatch, args, out):
+    """Run the command line with args into out, press Ctrl-C in the middle of the second epoch, then
+    --resume to the end. Returns the history saved at the interruption."""
+    real_train_epoch, calls = helpers.train.train_epoch, []
+
+    def interrupted(*a, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_train_epoch(*a, **kw)
+
+    monkeypatch.setattr(helpers.train, "train_epoch", interrupted)
+    assert main(args + ["--out", str(out)]) == 130
+    history = load_checkpoint(out)["history"]
+    monkeypatch.setattr(helpers.train, "train_epoch", real_train_epoch)
+    assert main(["--resume", "--out", str(out)]) == 0
+    return history
+
+
+def test_split_validation_holds_out_a_fixed_random_part_of_the_training_images():
+    images, labels = mnist_tensors(True, subset=3000)
+    (train_images, train_labels), (val_images, val_labels) = split_validation((images, labels), 500)
+    assert len(train_images) == 2500 and len(val_images) == 500
+    # together they are the training set, each image once, each label still with its image
+    rows = torch.cat([train_images, val_images]).flatten(1)
+    assert torch.equal(rows.unique(dim=0), images.flatten(1).unique(dim=0))
+    index = {tuple(image.flatten().tolist()): label for image, label in zip(images, labels.tolist())}
+    assert all(index[tuple(image.flatten().tolist())] == label for image, label in zip(val_images, val_labels.tolist()))
+    # a random choice (not the last 500), every digit present, the same every time for one seed
+    assert not torch.equal(val_images, images[-500:]) and len(val_labels.unique()) == 10
+    assert torch.equal(split_validation((images, labels), 500)[1][0], val_images)
+    assert not torch.equal(split_validation((images, labels), 500, seed=1)[1][0], val_images)
+    for size in (0, 3000):
+        with pytest.raises(ValueError, match="between 1 and 2999 of the 3,000 training images"):
+            split_validation((images, labels), size)
+
+
+def snapshots(model, weights):
+    """An on_epoch_end that keeps a copy of the model's weights after every epoch."""
+    return lambda history, state: weights.append({k: v.clone() for k, v in model.state_dict().items()})
+
+
+def test_without_val_fit_is_unchanged_and_with_it_the_training_is_the_same(small_mnist):
+    images, labels = small_mnist[0]
+    train, val = split_validation((images[:1300], labels[:1300]), 300)
+    test = small_mnist[1][0][:300], small_mnist[1][1][:300]
+    runs = {}
+    for name, kwargs in (("without", {}), ("with", dict(val=val))):
+        set_seed(0)
+        model, weights = SimpleCNN(), []
+        history = fit(model, train, test, epochs=2, device="cpu", on_epoch_end=snapshots(model, weights), **kwargs)
+        runs[name] = history, weights
+    (plain, plain_weights), (history, weights) = runs["without"], runs["with"]
+    assert list(plain) == list(helpers.train.HISTORY_KEYS) + ["conv1_init", "conv1"]  # the published keys, no more
+    assert list(history) == list(plain) + ["val_loss", "val_acc"]
+    # scoring the validation set draws no random numbers: every epoch trains exactly as without it
+    for key in ("train_loss", "test_acc", "conv1"):
+        assert history[key] == plain[key], key
+    for a, b in zip(plain_weights, weights):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert all(0.5 < acc <= 1 for acc in history["val_acc"])
+
+
+def test_fit_keeps_the_weights_of_the_best_validation_epoch_and_needs_no_test_set(small_mnist, monkeypatch):
+    images, labels = small_mnist[0]
+    train, val = split_validation((images[:600], labels[:600]), 100)
+    scripted = iter([0.5, 0.9, 0.9, 0.7])  # validation accuracies: epoch 2 is the best (and ties with 3)
+    real_evaluate = helpers.train.evaluate
+
+    def evaluate_scripted(model, images, labels, *a):
+        assert images is val[0], "only the validation set is scored during training"
+        return real_evaluate(model, images, labels, *a)[0], next(scripted)
+
+    monkeypatch.setattr(helpers.train, "evaluate", evaluate_scripted)
+    set_seed(0)
+    model, weights = SimpleCNN(), []
+    history = fit(model, train, None, epochs=4, device="cpu", val=val, on_epoch_end=snapshots(model, weights))
+    assert "test_acc" not in history and "test_loss" not in history and history["val_acc"] == [0.5, 0.9, 0.9, 0.7]
+    assert all(torch.equal(value, weights[1][key]) for key, value in model.state_dict().items())  # epoch 2's
+    assert not torch.equal(weights[1]["fc2.weight"], weights[3]["fc2.weight"])  # not the last epoch's
+
+
+def test_cli_with_val_chooses_on_validation_tests_once_and_resumes_exactly(tmp_path, monkeypatch):
+    args = ["--quick", "--epochs", "2", "--val", "500"]
+    straight = tmp_path / "straight.pt"
+    test_calls = []
+    real_evaluate = helpers.train.evaluate
+
+    def counting_evaluate(model, images, labels, *a):
+        test_calls.append(len(images))
+        return real_evaluate(model, images, labels, *a)
+
+    monkeypatch.setattr(helpers.train, "evaluate", counting_evaluate)
+    assert main(args + ["--out", str(straight)]) == 0
+    assert test_calls == [500, 500, 1000]  # validation after every epoch, the 1,000 test images once
+    monkeypatch.setattr(helpers.train, "evaluate", real_evaluate)
+
+    model = SimpleCNN()
+    ckpt = load_checkpoint(straight, model)
+    history = json.loads(straight.with_suffix(".json").read_text())
+    assert ckpt["config"]["val"] == 500 and "test_acc" not in history and len(history["val_acc"]) == 2
+    chosen = history["chosen"]
+    assert chosen["val_acc"] == max(history["val_acc"])
+    assert chosen["epoch"] == 1 + history["val_acc"].index(chosen["val_acc"])
+    loss, acc = evaluate(model, *mnist_tensors(False, subset=1000))
+    assert (loss, acc) == (chosen["test_loss"], chosen["test_acc"])  # the saved weights are the chosen ones
+
+    out = tmp_path / "resumed.pt"
+    assert "chosen" not in interrupted_then_resumed(monkeypatch, args, out)
+    resumed = load_checkpoint(out)
+    assert all(torch.equal(value, resumed["model"][key]) for key, value in ckpt["model"].items())
+    assert resumed["history"]["chosen"] == ckpt["history"]["chosen"]
+
+
+def test_cli_val_larger_than_the_training_set_says_so(tmp_path):
+    with pytest.raises(SystemExit, match="--val 2000: the validation split must hold between 1 and 1999"):
+        main(["--quick", "--val", "2000", "--out", str(tmp_path / "run.pt")])
+    with pytest.raises(SystemExit):
+        main(["--quick", "--val", "0", "--out", str(tmp_path / "run.pt")])
+    assert not (tmp_path / "run.pt").exists()
