@@ -5,6 +5,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
@@ -238,6 +239,8 @@ def test_the_answer_draws_its_maps_as_notebook_08_does(nets):
     assert overlay[-1].get_cmap().name == "inferno" and overlay[-1].get_alpha().max() == pytest.approx(0.85)
     limit = grad.abs().max().item()
     assert signed[0].get_cmap().name == "RdBu_r" and signed[0].get_clim() == pytest.approx((-limit, limit))
+    plt.close(fig08)  # figures left open leak into later tests (test_explorers_keep_one_figure_alive counts them)
+    plt.close(fig09)
 
 
 def event(pad, name, **values):
