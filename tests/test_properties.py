@@ -35,6 +35,14 @@ def values_and_grads(fn, tensors, seed):
     return out, torch.autograd.grad(out, tensors, upstream)
 
 
+def assert_same(ours, ref, names):
+    """Two (output, gradients) pairs agree: shape, values (NaN where PyTorch has NaN), every gradient."""
+    assert ours[0].shape == ref[0].shape
+    torch.testing.assert_close(ours[0], ref[0], **TOLERANCE, equal_nan=True)
+    for name, a, b in zip(names, ours[1], ref[1]):
+        torch.testing.assert_close(a, b, **TOLERANCE, msg=f"gradient of the {name}")
+
+
 @EXAMPLES
 @given(
     n=st.integers(0, 3),
@@ -59,10 +67,7 @@ def test_conv2d_matches_pytorch_or_refuses_what_it_refuses(n, c, f, h, w, k, str
             conv2d(*tensors, stride=stride, padding=padding)
         return
     ours = values_and_grads(lambda *t: conv2d(*t, stride=stride, padding=padding), tensors, seed)
-    assert ours[0].shape == ref[0].shape
-    torch.testing.assert_close(ours[0], ref[0], **TOLERANCE)
-    for name, a, b in zip(("input", "weight", "bias"), ours[1], ref[1]):
-        torch.testing.assert_close(a, b, **TOLERANCE, msg=f"gradient of the {name}")
+    assert_same(ours, ref, ("input", "weight", "bias"))
 
 
 @EXAMPLES
@@ -89,6 +94,4 @@ def test_maxpool2d_matches_pytorch_or_refuses_what_it_refuses(n, c, h, w, k, str
             maxpool2d(x, k, stride)
         return
     ours = values_and_grads(lambda t: maxpool2d(t, k, stride), [x], seed)
-    assert ours[0].shape == ref[0].shape
-    torch.testing.assert_close(ours[0], ref[0], **TOLERANCE, equal_nan=True)
-    torch.testing.assert_close(ours[1][0], ref[1][0], **TOLERANCE)
+    assert_same(ours, ref, ("input",))
