@@ -269,7 +269,7 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=RECIPE["seed"])
     p.add_argument("--data-dir", type=Path, default=DATA_DIR, help="folder holding MNIST/raw/")
     p.add_argument("--out", type=Path, default=None,
-                   help="checkpoint path (default runs/<model>.pt, or runs/quick.pt with --quick); the history goes beside it as .json")  # fmt: skip
+                   help="checkpoint path (default runs/<model>[_permuted].pt, or runs/quick.pt with --quick); the history goes beside it as .json")  # fmt: skip
     p.add_argument("--device", default=None, help="cpu, cuda or mps (default: the fastest available)")
     p.add_argument("--quick", action="store_true", help="2,000 training images, 1 epoch: a smoke test")
     p.add_argument("--val", type=int, default=None, metavar="N",
