@@ -123,7 +123,7 @@ def _feed(digest, obj):
         digest.update(f"list {len(obj)};".encode())
         for item in obj:
             _feed(digest, item)
-    elif obj is None or type(obj) in (bool, int, float, str):  # exactly: torch.load(weights_only=True) refuses subclasses
+    elif obj is None or type(obj) in (bool, int, float, str):  # exactly: weights_only loading refuses subclasses
         digest.update(f"{type(obj).__name__} {obj!r};".encode())
     else:
         raise TypeError(

@@ -238,8 +238,9 @@ def grad_cam(model, images, target=None, layer="relu2", batch_size=128):
         for x, t in _chunks(images, _classes(target, len(images)), batch_size, device):
             acts = head(x).detach().requires_grad_()  # the gradient stops here: no image gradient needed
             if acts.dim() != 4:  # a vector (fc1, say) has no positions to weight and upsample
+                maps = ", ".join(_map_stages(model, x[:1]))
                 raise ValueError(f"Grad-CAM needs a stage whose output is a stack of maps (N, C, h, w); {layer!r} "
-                                 f"gives {tuple(acts.shape)}: use one of {', '.join(_map_stages(model, x[:1]))}")  # fmt: skip
+                                 f"gives {tuple(acts.shape)}: use one of {maps}")  # fmt: skip
             (grad,) = torch.autograd.grad(_scores(tail(acts), t).sum(), acts)
             weights = grad.mean(dim=(2, 3), keepdim=True)  # (n, C, 1, 1): one number per channel
             cams.append(torch.relu((weights * acts.detach()).sum(1, keepdim=True)).to(images.device))  # (n, 1, h, w)
@@ -380,7 +381,8 @@ def maximise(model, layer, channels, steps=128, lr=0.1, l2=1e-3, jitter=1, blur_
         raise ValueError(f"channels must be a list of channel indices or one int, got shape {tuple(channels.shape)}")
     channels = channels.reshape(-1)  # one int: a list of one
     with evaluating(model):
-        _check_indices("channels", channels, head(torch.full((1, 1, 28, 28), BLACK, device=device)).shape[1], f"{layer} channel")
+        n = head(torch.full((1, 1, 28, 28), BLACK, device=device)).shape[1]  # the layer's channels (or entries)
+    _check_indices("channels", channels, n, f"{layer} channel")
     generator = torch.Generator().manual_seed(seed)
     x = (BLACK + 0.1 * torch.randn(len(channels), 1, 28, 28, generator=generator)).to(device).requires_grad_()
     optimiser = torch.optim.Adam([x], lr=lr)

@@ -509,7 +509,8 @@ def locally_connected2d(x, weight, bias=None, stride=1, padding=0):
     _check_size("padding", padding, minimum=0)
     _check_tensors("locally_connected2d", x, weight, bias)  # first: TypeError for what is not a tensor
     if weight.dim() != 6 or weight.shape[-1] != weight.shape[-2]:
-        raise ValueError(f"locally_connected2d expects a weight of shape (H', W', F, C, k, k), got {tuple(weight.shape)}")
+        shape = tuple(weight.shape)
+        raise ValueError(f"locally_connected2d expects a weight of shape (H', W', F, C, k, k), got {shape}")
     h_out, w_out, n_filters, channels, k, _ = weight.shape
     if bias is not None and tuple(bias.shape) != (h_out, w_out, n_filters):
         raise ValueError(
