@@ -37,17 +37,19 @@ def check(yours, reference, inputs, tol=1e-7):
     """Run yours(*args) and reference(*args) for every args in inputs; print each relative error and a verdict.
 
     inputs: a list of argument tuples (random_inputs makes one). Returns True when every case is below tol.
-    A shape mismatch is reported as a failed case, not raised, so you see every case at once.
+    A shape mismatch, or None returned, is reported as a failed case, not raised, so you see every case at once.
     """
     ok = True
     for i, args in enumerate(inputs, 1):
         mine, theirs = yours(*args), reference(*args)
         try:
+            if mine is None:  # the commonest slip: the last line computes the answer but does not return it
+                raise ValueError("your function returned None (expected a tensor): did you forget `return`?")
             error = rel_error(mine, theirs)
             line = f"relative error {error:.1e}"
             passed = error < tol
-        except ValueError as wrong_shape:
-            line, passed = str(wrong_shape), False
+        except ValueError as wrong:
+            line, passed = str(wrong), False
         ok &= passed
         print(f"case {i}: {line}  {'ok' if passed else 'WRONG'}")
     print(f"all {len(inputs)} cases below {tol:g}: correct" if ok else "not yet: compare the shapes and values above")

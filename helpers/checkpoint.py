@@ -14,6 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
@@ -64,7 +65,8 @@ def remove_orphaned_temporaries(path):
     after process PID has ended (``kill -9``, a crash, a power cut) is garbage. One whose process still
     runs is another save in progress and stays. A leftover of the older naming, ``.NAME.XXXXXXXX.tmp``
     (no process id), goes only if it was last written before this process started. Process ids are
-    those of this machine: do not let two machines save into one shared folder at the same time.
+    those of this machine, and of this container: do not let two machines, or two containers (each has
+    its own process ids), save into one shared folder at the same time.
     """
     path = Path(path)
     if not path.parent.is_dir():
@@ -121,13 +123,27 @@ def _feed(digest, obj):
         digest.update(f"list {len(obj)};".encode())
         for item in obj:
             _feed(digest, item)
-    elif obj is None or isinstance(obj, (bool, int, float, str)):
+    elif obj is None or type(obj) in (bool, int, float, str):  # exactly: weights_only loading refuses subclasses
         digest.update(f"{type(obj).__name__} {obj!r};".encode())
     else:
         raise TypeError(
             f"a checkpoint holds tensors, numbers, strings, None, and lists and dicts of them; got a "
-            f"{type(obj).__name__} ({obj!r:.80}): convert it, e.g. str(path) or tensor.tolist()"
+            f"{type(obj).__name__} ({obj!r:.80}): convert it, e.g. str(path), int(x) or tensor.tolist()"
         )
+
+
+def _plain(obj):
+    """obj with numpy scalars (np.float64(0.5), as numpy's and pandas' sums give) turned into Python
+    numbers, and dicts, lists and tuples of any subclass (defaultdict, namedtuple) into plain ones:
+    ``torch.save`` would pickle them, and ``load_checkpoint`` (weights_only) would refuse the file.
+    Tensors stay tensors (they load as they are)."""
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, dict):
+        return {_plain(key): _plain(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return (tuple if isinstance(obj, tuple) else list)(_plain(item) for item in obj)
+    return obj
 
 
 def save_checkpoint(path, model, history=None, config=None, training_state=None):
@@ -137,14 +153,16 @@ def save_checkpoint(path, model, history=None, config=None, training_state=None)
     needs to continue a run exactly; a finished run leaves it out to stay small. Each part is stored
     with its SHA-256 (``_checksum``), which ``load_checkpoint`` verifies. Leftover temporaries of
     earlier interrupted saves of ``path`` are removed (``remove_orphaned_temporaries``).
+    Numpy numbers in history, config or training_state are saved as Python numbers (``_plain``);
+    anything else a checkpoint cannot hold raises TypeError before anything is written.
     """
     payload = {
         "format": FORMAT,
         "architecture": type(model).__name__,
         "model": model.state_dict(),
-        "history": history or {},
-        "config": config or {},
-        "training_state": training_state,
+        "history": _plain(history or {}),
+        "config": _plain(config or {}),
+        "training_state": _plain(training_state),
     }
     payload["checksums"] = {part: _checksum(payload[part]) for part in PARTS}
     _atomic_write(path, lambda f: torch.save(payload, f))

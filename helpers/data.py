@@ -193,6 +193,8 @@ def center_by_mass(digit, frame=MNIST_FRAME, center=MNIST_CENTER):
     if h > frame or w > frame:
         raise ValueError(f"a {h}x{w} digit does not fit a {frame}x{frame} frame: fit_to_box it first")
     mass = digit.sum()
+    if mass <= 0:  # a blank image has no centre of mass (0 / 0)
+        raise ValueError("the digit holds no ink (all pixels are black): draw something first")
     cy = (digit.sum(1) * torch.arange(h)).sum() / mass
     cx = (digit.sum(0) * torch.arange(w)).sum() / mass
     top = min(max(round(center - cy.item()), 0), frame - h)

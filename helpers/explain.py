@@ -23,6 +23,7 @@ from .train import evaluating, predict
 # (in float32), so that ``images == BLACK`` finds the background
 BLACK = ((torch.tensor(0.0) - MNIST_MEAN) / MNIST_STD).item()
 WHITE = ((torch.tensor(1.0) - MNIST_MEAN) / MNIST_STD).item()
+CLASSES = 10  # the models explained here answer with the ten digits' logits
 
 
 @contextlib.contextmanager
@@ -47,7 +48,16 @@ def _classes(target, n):
     target = torch.as_tensor(target)
     if target.dim() > 1 or (target.dim() == 1 and len(target) != n):
         raise ValueError(f"target must be None, a class index, or one class index per image ({n}), got shape {tuple(target.shape)}")
+    _check_indices("target", target, CLASSES, "class")
     return target.expand(n)
+
+
+def _check_indices(name, indices, n, what):
+    """indices: a tensor of integers, each in 0..n-1 (indexing with anything else fails deep in PyTorch)."""
+    if indices.is_floating_point() or indices.is_complex() or indices.dtype == torch.bool:
+        raise TypeError(f"{name} must hold integer {what} indices, got dtype {indices.dtype}")
+    if indices.numel() and not (0 <= indices.min() and indices.max() < n):
+        raise ValueError(f"{name} must be {what} indices from 0 to {n - 1}, got {indices.tolist()}")
 
 
 def _chunks(images, target, batch_size, device):
@@ -97,7 +107,7 @@ def saliency(model, images, target=None, batch_size=128):
             # each image's logit depends only on that image: one backward of the sum gives every gradient
             (grad,) = torch.autograd.grad(_scores(model(x), t).sum(), x)
             grads.append(grad.to(images.device))
-    return torch.cat(grads)
+    return torch.cat(grads) if grads else torch.zeros_like(images)  # an empty batch: no chunks, no gradients
 
 
 def gradient_x_input(model, images, target=None, baseline=BLACK):
@@ -119,8 +129,9 @@ def smoothgrad(model, images, target=None, samples=25, sigma=0.15, seed=0):
     """
     _check_images(images)
     target = predict(model, images).argmax(1) if target is None else _classes(target, len(images))
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)  # on the CPU: the same noise whatever the device
     noise = torch.normal(0.0, sigma / MNIST_STD, (len(images) * samples, *images.shape[1:]), generator=generator)
+    noise = noise.to(images.device)
     noisy = images.repeat_interleave(samples, 0) + noise  # image 0's copies first, then image 1's, ...
     grads = saliency(model, noisy, target.repeat_interleave(samples))
     return grads.view(len(images), samples, *images.shape[1:]).mean(1)
@@ -130,8 +141,9 @@ def smoothgrad(model, images, target=None, samples=25, sigma=0.15, seed=0):
 
 
 def _probabilities(model, images, target):
-    """The probability of each image's target class, (N,), in float64: a drop from 0.99999999 to
-    0.9999999 would round away in float32."""
+    """The probability of each image's target class, (N,), computed in float64 from the logits.
+    (``deletion_curve`` stores its curve in the images' dtype, float32, whose steps near 1 are 6e-8:
+    a smaller drop from a confident start does not show in the curve it returns.)"""
     if len(images) == 0:
         return torch.zeros(0, dtype=torch.float64)
     return predict(model, images).double().softmax(1).gather(1, target[:, None])[:, 0]
@@ -150,23 +162,25 @@ def occlusion(model, images, target=None, patch=6, stride=2, value=BLACK, batch_
     """
     _check_images(images)
     size = images.shape[-1]
+    if not 1 <= stride <= patch:  # a wider step would leave pixels no square covers: their mean drop is 0 / 0
+        raise ValueError(f"stride must be between 1 and patch ({patch}), so that every pixel is covered, got {stride}")
     if patch > size or (size - patch) % stride:
         raise ValueError(f"patch {patch} with stride {stride} does not tile a {size}x{size} image: "
                          f"(size - patch) must be a multiple of stride, e.g. patch 6, stride 2")  # fmt: skip
     corners = range(0, size - patch + 1, stride)
-    masks = torch.zeros(len(corners) ** 2, 1, size, size, dtype=torch.bool)  # (P, 1, H, W): one per square
+    masks = torch.zeros(len(corners) ** 2, 1, size, size, dtype=torch.bool, device=images.device)  # (P, 1, H, W)
     for i, (r, c) in enumerate((r, c) for r in corners for c in corners):
         masks[i, :, r : r + patch, c : c + patch] = True
-    logits = predict(model, images)
-    target = logits.argmax(1) if target is None else _classes(target, len(images))
+    logits = predict(model, images).to(images.device)  # predict answers on the CPU; the masks are on images'
+    target = logits.argmax(1) if target is None else _classes(target, len(images)).to(images.device)
     before = logits.gather(1, target[:, None])[:, 0]
     changes = (masks & (images[:, None] != value)).flatten(2).any(2)  # (N, P): the square covers some ink
     digit, square = changes.nonzero(as_tuple=True)
-    drop = torch.zeros(changes.shape, dtype=before.dtype)
+    drop = torch.zeros(changes.shape, dtype=before.dtype, device=images.device)
     for start in range(0, len(digit), batch_size):
         d, q = digit[start : start + batch_size], square[start : start + batch_size]
         covered = torch.where(masks[q], torch.as_tensor(value, dtype=images.dtype), images[d])
-        drop[d, q] = before[d] - predict(model, covered).gather(1, target[d][:, None])[:, 0]
+        drop[d, q] = before[d] - predict(model, covered).to(images.device).gather(1, target[d][:, None])[:, 0]
     cover = masks.flatten(1).to(drop.dtype)  # (P, H*W): which pixels each square covers
     return ((drop @ cover) / cover.sum(0)).view_as(images).to(images.dtype)  # each pixel: the mean drop of its squares
 
@@ -217,14 +231,30 @@ def grad_cam(model, images, target=None, layer="relu2", batch_size=128):
     """
     _check_images(images)
     head, tail = _stages(model, layer)
+    if len(images) == 0:  # no chunks, no maps
+        return images.new_zeros(0, 1, *images.shape[-2:])
     cams = []
     with _differentiable(model) as device:
         for x, t in _chunks(images, _classes(target, len(images)), batch_size, device):
             acts = head(x).detach().requires_grad_()  # the gradient stops here: no image gradient needed
+            if acts.dim() != 4:  # a vector (fc1, say) has no positions to weight and upsample
+                maps = ", ".join(_map_stages(model, x[:1]))
+                raise ValueError(f"Grad-CAM needs a stage whose output is a stack of maps (N, C, h, w); {layer!r} "
+                                 f"gives {tuple(acts.shape)}: use one of {maps}")  # fmt: skip
             (grad,) = torch.autograd.grad(_scores(tail(acts), t).sum(), acts)
             weights = grad.mean(dim=(2, 3), keepdim=True)  # (n, C, 1, 1): one number per channel
             cams.append(torch.relu((weights * acts.detach()).sum(1, keepdim=True)).to(images.device))  # (n, 1, h, w)
     return nn.functional.interpolate(torch.cat(cams), size=images.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def _map_stages(model, x):
+    """The names of the stages whose output, for images x, is a stack of maps (N, C, h, w)."""
+    names = []
+    for name, stage in model.named_children():
+        x = stage(x)
+        if x.dim() == 4:
+            names.append(name)
+    return names
 
 
 METHODS = {
@@ -341,11 +371,18 @@ def maximise(model, layer, channels, steps=128, lr=0.1, l2=1e-3, jitter=1, blur_
     pixels before every step, a 3x3 blur every ``blur_every`` steps in the first half of them (later
     on it would undo the sharp strokes the units answer to), pixels kept between black and white.
     Adam takes the steps (learning rate ``lr``), the noise it starts from is seeded with ``seed``. All images are optimised together as one batch (each image's objective depends only on it).
+    channels: a list of channel indices, or one int (then one image).
     Returns (images (len(channels), 1, 28, 28), the objective reached (len(channels),)).
     """
     head, _ = _stages(model, layer)
     device = next(model.parameters()).device
     channels = torch.as_tensor(channels, device=device)
+    if channels.dim() > 1:
+        raise ValueError(f"channels must be a list of channel indices or one int, got shape {tuple(channels.shape)}")
+    channels = channels.reshape(-1)  # one int: a list of one
+    with evaluating(model):
+        n = head(torch.full((1, 1, 28, 28), BLACK, device=device)).shape[1]  # the layer's channels (or entries)
+    _check_indices("channels", channels, n, f"{layer} channel")
     generator = torch.Generator().manual_seed(seed)
     x = (BLACK + 0.1 * torch.randn(len(channels), 1, 28, 28, generator=generator)).to(device).requires_grad_()
     optimiser = torch.optim.Adam([x], lr=lr)

@@ -507,10 +507,10 @@ def locally_connected2d(x, weight, bias=None, stride=1, padding=0):
     """
     _check_size("stride", stride)
     _check_size("padding", padding, minimum=0)
-    if not isinstance(weight, torch.Tensor) or weight.dim() != 6 or weight.shape[-1] != weight.shape[-2]:
-        shape = tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__
+    _check_tensors("locally_connected2d", x, weight, bias)  # first: TypeError for what is not a tensor
+    if weight.dim() != 6 or weight.shape[-1] != weight.shape[-2]:
+        shape = tuple(weight.shape)
         raise ValueError(f"locally_connected2d expects a weight of shape (H', W', F, C, k, k), got {shape}")
-    _check_tensors("locally_connected2d", x, weight, bias)
     h_out, w_out, n_filters, channels, k, _ = weight.shape
     if bias is not None and tuple(bias.shape) != (h_out, w_out, n_filters):
         raise ValueError(
@@ -532,8 +532,8 @@ def locally_connected2d(x, weight, bias=None, stride=1, padding=0):
 class LocallyConnected2D(nn.Module):
     """Locally connected layer: a Conv2D with its own k x k filter bank (and bias) at every output position.
 
-    x: (N, in_channels, in_size) -> (N, out_channels, H', W'), in_size = (H, W) or one int for a
-    square input, fixed when the layer is built (there is one filter bank per output position).
+    x: (N, in_channels, H, W) -> (N, out_channels, H', W'), where in_size = (H, W), or one int for a
+    square input, is fixed when the layer is built (there is one filter bank per output position).
     weight: (H', W', out_channels, in_channels, k, k), each position's bank Xavier-uniform like Conv2D's;
     bias: (H', W', out_channels), zero. It has H' * W' times a Conv2D's parameters.
     """

@@ -128,11 +128,12 @@ class LocallyConnectedCNN(_Network):
 
     The same stages, shapes and receptive fields as SimpleCNN, but every output position of conv1 and
     conv2 has its own 3x3 filter bank and bias: 4,278,922 parameters, ten times SimpleCNN's. The
-    ablation that isolates weight sharing. x: (N, 1, in_size, in_size) -> (N, 10) logits.
+    ablation that isolates weight sharing. x: (N, 1, 28, 28) -> (N, 10) logits (the size is fixed:
+    one filter bank per position, and fc1 takes pool2's 7x7 maps, as in SimpleCNN).
     """
 
-    def __init__(self, channels=(32, 64), in_size=28):
-        sizes = iter((in_size, in_size // 2))  # conv1 sees the image, conv2 the maps pool1 halved
+    def __init__(self, channels=(32, 64)):
+        sizes = iter((28, 14))  # conv1 sees the image, conv2 the maps pool1 halved
 
         def local(in_channels, out_channels, kernel_size, padding):
             return LocallyConnected2D(in_channels, out_channels, kernel_size, next(sizes), padding=padding)

@@ -190,7 +190,8 @@ def fit(
     val: (images, labels) held out from the training images (``split_validation``), to choose the
     epoch on, so that the test set plays no part in the choice. The history then also records val_loss
     and val_acc, and the model leaves fit with the weights of the epoch with the highest validation
-    accuracy (the earliest, on a tie), not the last epoch's. test may be None: no test set is scored
+    accuracy (the earliest, on a tie), not the last epoch's, and history["chosen"] = {"epoch",
+    "val_acc"} says which (once the last epoch is done). test may be None: no test set is scored
     during training, and the chosen weights can be tested once, afterwards.
     """
     model.to(pick_device(device))
@@ -245,6 +246,7 @@ def fit(
             on_epoch_end(history, state)
     if best is not None:
         model.load_state_dict(best["model"])
+        history["chosen"] = dict(epoch=best["epoch"], val_acc=best["val_acc"])
     return history
 
 
@@ -267,7 +269,7 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=RECIPE["seed"])
     p.add_argument("--data-dir", type=Path, default=DATA_DIR, help="folder holding MNIST/raw/")
     p.add_argument("--out", type=Path, default=None,
-                   help="checkpoint path (default runs/<model>.pt, or runs/quick.pt with --quick); the history goes beside it as .json")  # fmt: skip
+                   help="checkpoint path (default runs/<model>[_permuted].pt, or runs/quick.pt with --quick); the history goes beside it as .json")  # fmt: skip
     p.add_argument("--device", default=None, help="cpu, cuda or mps (default: the fastest available)")
     p.add_argument("--quick", action="store_true", help="2,000 training images, 1 epoch: a smoke test")
     p.add_argument("--val", type=int, default=None, metavar="N",
@@ -359,10 +361,8 @@ def main(argv=None):
             print(f"\ninterrupted before the first epoch finished: nothing was written to {out}")
         return 130
     if val is not None:
-        chosen = history["val_acc"].index(max(history["val_acc"]))  # fit kept this epoch's weights
-        test_loss, test_acc = evaluate(model, *test)
-        history["chosen"] = dict(epoch=history["epoch"][chosen], val_acc=history["val_acc"][chosen],
-                                 test_loss=test_loss, test_acc=test_acc)  # fmt: skip
+        test_loss, test_acc = evaluate(model, *test)  # the weights fit kept: those of history["chosen"]
+        history["chosen"].update(test_loss=test_loss, test_acc=test_acc)
         save_json(history_path, history)
     save_checkpoint(out, model, history, config)  # finished: drop the optimizer state, keep the file small
     if val is not None:

@@ -160,6 +160,19 @@ def _one_thread():
         torch.set_num_threads(threads)
 
 
+def _check_first_is_a_cnn(models):
+    """The pad explains the first of models and shows its feature maps: it must make maps (a CNN)."""
+    if not models:
+        raise ValueError("DrawingPad needs at least one model, e.g. {'SimpleCNN': cnn}")
+    name, model = next(iter(models.items()))
+    blank = torch.full((1, 28, 28), -MNIST_MEAN / MNIST_STD)
+    maps = [stage for stage, out in _activations(model, blank).items() if stage in FEATURE_LAYERS and out.dim() == 4]
+    if "relu1" not in maps:
+        raise ValueError(f"the first model is explained and its feature maps shown, so it must be a CNN; "
+                         f"{name!r} ({type(model).__name__}) makes no feature maps: put a CNN (e.g. SimpleCNN) "
+                         f"first, as in {{'SimpleCNN': cnn, {name!r}: ...}}")  # fmt: skip
+
+
 class DrawingPad(W.VBox):
     """Draw a digit with the mouse (or a finger); after every stroke the networks answer.
 
@@ -179,6 +192,7 @@ class DrawingPad(W.VBox):
     def __init__(self, models, explain=None, size=280, width=20, drawing=None):
         super().__init__()
         self.models, self.explain, self.size = dict(models), dict(explain or {}), size
+        _check_first_is_a_cnn(self.models)
         self.strokes, self.image, self.probabilities, self.figure, self.timings = [], None, {}, None, {}
         self._pen_is_down = False
         self.canvas = Canvas(width=size, height=size, layout=W.Layout(width=f"{size}px", height=f"{size}px"))
@@ -254,7 +268,8 @@ class DrawingPad(W.VBox):
         """Show one of ``load_drawings()`` on the pad (scaled to its size) and answer it."""
         scale = self.size / drawing.get("size", self.size)
         self.strokes = [[(x * scale, y * scale) for x, y in stroke] for stroke in drawing["strokes"]]
-        width = round(drawing.get("width", self.pen.value) * scale)
+        # clamped here, as the slider would: a clamped value equal to the current one fires no observer
+        width = min(max(round(drawing.get("width", self.pen.value) * scale), self.pen.min), self.pen.max)
         if width != self.pen.value:
             self.pen.value = width  # its observer redraws
         else:

@@ -441,7 +441,10 @@ def stroke(nb, canvas, points):
     canvas.scroll_into_view_if_needed()
     box = canvas.bounding_box()
     scale = box["width"] / 280
-    at = lambda x, y: (box["x"] + x * scale, box["y"] + y * scale)
+
+    def at(x, y):  # pad pixels to page pixels
+        return box["x"] + x * scale, box["y"] + y * scale
+
     before = nb.caption.inner_text()
     nb.page.mouse.move(*at(*points[0]))
     nb.page.mouse.down()

@@ -1,6 +1,7 @@
 """Checkpoints round-trip, refuse what does not fit, and are never left half-written."""
 
 import collections
+import enum
 import os
 import random
 import re
@@ -11,6 +12,7 @@ import sys
 import time
 import zipfile
 
+import numpy as np
 import pytest
 import torch
 
@@ -165,6 +167,29 @@ def test_a_part_of_the_wrong_type_is_refused(tmp_path):
 def test_what_a_checkpoint_cannot_hold_is_refused_when_saving(tmp_path):
     with pytest.raises(TypeError, match=r"got a PosixPath .* convert it, e.g. str\(path\)"):
         save_checkpoint(tmp_path / "run.pt", SimpleCNN(), config={"data_dir": tmp_path})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_numpy_numbers_are_saved_as_python_numbers_and_the_file_loads(tmp_path):
+    # np.float64 is a float subclass: pickled as it is, it made a file that load_checkpoint refused
+    history = {"epoch": [np.int64(1)], "test_acc": [np.float64(0.5)], "stopped": np.bool_(False)}
+    steps = collections.defaultdict(list, lr=[np.float32(0.25)])
+    save_checkpoint(tmp_path / "run.pt", torch.nn.Linear(2, 2), history, {"steps": steps}, {"step": torch.tensor(3.0)})
+    ckpt = load_checkpoint(tmp_path / "run.pt")
+    assert ckpt["history"] == {"epoch": [1], "test_acc": [0.5], "stopped": False}
+    assert [type(v[0]) for v in list(ckpt["history"].values())[:2]] == [int, float]
+    assert type(ckpt["history"]["stopped"]) is bool and type(ckpt["config"]["steps"]) is dict
+    assert ckpt["config"]["steps"] == {"lr": [0.25]} and torch.equal(ckpt["training_state"]["step"], torch.tensor(3.0))
+
+
+class Level(enum.IntEnum):
+    HIGH = 2
+
+
+def test_a_subclass_of_int_is_refused_before_anything_is_written(tmp_path):
+    # an IntEnum pickles fine, so it used to be saved, and weights_only refused the file when loading
+    with pytest.raises(TypeError, match=r"got a Level .* int\(x\)"):
+        save_checkpoint(tmp_path / "run.pt", SimpleCNN(), config={"level": Level.HIGH})
     assert list(tmp_path.iterdir()) == []
 
 

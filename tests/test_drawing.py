@@ -120,6 +120,8 @@ def test_center_by_mass_keeps_the_digit_whole():
 def test_a_blank_pad_is_refused_with_a_clear_message():
     with pytest.raises(ValueError, match="no ink.*draw something first"):
         mnist_style(torch.zeros(280, 280))
+    with pytest.raises(ValueError, match="no ink.*draw something first"):
+        center_by_mass(torch.zeros(20, 20))  # it had divided by the zero mass: "cannot convert float NaN to integer"
 
 
 def test_mnist_digits_are_already_in_mnist_style(test_digits):
@@ -205,7 +207,11 @@ def test_place_digits_as_training_augmentation(test_digits):
     model = helpers.SimpleCNN()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     seen = []
-    augment = lambda x: seen.append(x) or place_digits(x, (0.6, 1.3))
+
+    def augment(x):
+        seen.append(x)
+        return place_digits(x, (0.6, 1.3))
+
     helpers.train_epoch(model, optimizer, images[:128], labels[:128], progress=False, augment=augment)
     assert len(seen) == 2 and seen[0].shape == (64, 1, 28, 28)
 
@@ -319,6 +325,19 @@ def test_pad_controls_redo_the_answer(nets):
     pad.load(dict(seven, width=10, size=140))  # a drawing from a smaller pad is scaled to this one
     assert pad.pen.value == 20 and pad.strokes[0][0] == tuple(2.0 * v for v in seven["strokes"][0][0])
     assert pad._answers.value == answers + 1
+    # a width past the slider's end is clamped to it; equal to the pen's width already, it must still redraw
+    pad.pen.value = 100
+    answers, three = pad._answers.value, load_drawings()[3]
+    pad.load(dict(three, width=150))  # wider than the slider goes: clamped to 100
+    assert pad.pen.value == 100 and pad._answers.value == answers + 1
+    assert torch.equal(pad.image, squeeze_to_frame(render_strokes(pad.strokes, 280, 100)))
+
+
+def test_pad_refuses_a_first_model_without_feature_maps(nets):
+    with pytest.raises(ValueError, match=r"'MLP' \(MLP\) makes no feature maps: put a CNN \(e.g. SimpleCNN\) first"):
+        DrawingPad({"MLP": nets["MLP"], "SimpleCNN": nets["SimpleCNN"]})
+    with pytest.raises(ValueError, match="at least one model"):
+        DrawingPad({})
 
 
 def test_pad_benchmark_runs(capsys):

@@ -117,7 +117,10 @@ def test_pgd_matches_captum(twins):
     adversarial = explain.pgd(ours, images, labels, eps, steps=steps)
     close(adversarial, expected)
     assert (adversarial - images).abs().max() <= eps / MNIST_STD + TOL
-    loss = lambda x: _cross_entropy(helpers.predict(builtin, x), labels)
+
+    def loss(x):
+        return _cross_entropy(helpers.predict(builtin, x), labels)
+
     assert (loss(adversarial) > loss(images)).all()  # and the twin's loss rose on every digit
 
 
@@ -192,3 +195,33 @@ def test_bad_input_is_explained(twins):
         explain.saliency(ours, images, torch.tensor([1, 2]))
     with pytest.raises(ValueError, match="not a stage with weights.*conv1"):
         explain.randomised(ours, ["relu1"])
+    with pytest.raises(ValueError, match=r"stride must be between 1 and patch \(4\).*, got 8"):
+        explain.occlusion(ours, images, patch=4, stride=8)  # (28 - 4) % 8 == 0, but 8 > 4 left pixels uncovered: NaN
+    stages = "conv1, relu1, pool1, conv2, relu2, pool2"
+    with pytest.raises(ValueError, match=rf"Grad-CAM needs .* 'fc1' gives \(4, 128\): use one of {stages}$"):
+        explain.grad_cam(ours, images, layer="fc1")
+    with pytest.raises(ValueError, match=r"target must be class indices from 0 to 9, got 10"):
+        explain.saliency(ours, images, 10)
+    with pytest.raises(ValueError, match=r"target must be class indices from 0 to 9, got \[1, 2, -1, 3\]"):
+        explain.grad_cam(ours, images, torch.tensor([1, 2, -1, 3]))
+    with pytest.raises(TypeError, match="target must hold integer class indices, got dtype torch.float32"):
+        explain.occlusion(ours, images, 3.0)
+    with pytest.raises(ValueError, match=r"channels must be conv2 channel indices from 0 to 63, got \[0, 64\]"):
+        explain.maximise(helpers.SimpleCNN(), "conv2", [0, 64], steps=1)
+
+
+def test_maximise_takes_one_int_channel(twins):
+    model = helpers.SimpleCNN()
+    helpers.load_checkpoint(helpers.CHECKPOINT, model)
+    images, reached = explain.maximise(model, "conv2", 5, steps=2)
+    assert images.shape == (1, 1, 28, 28) and reached.shape == (1,)
+    assert torch.equal(images, explain.maximise(model, "conv2", [5], steps=2)[0])
+
+
+@pytest.mark.parametrize(
+    "method", [explain.saliency, explain.gradient_x_input, explain.smoothgrad, explain.occlusion, explain.grad_cam]
+)
+def test_an_empty_batch_gives_no_maps(twins, method):
+    ours, _, images, _ = twins
+    maps = method(ours, images[:0])
+    assert maps.shape == (0, 1, 28, 28) and maps.dtype == images.dtype

@@ -134,6 +134,15 @@ def test_clear_errors():
         LocallyConnected2D(1, 4, 3, in_size=0)
     with pytest.raises(ValueError, match="larger than the padded input"):
         LocallyConnected2D(1, 4, 5, in_size=3)
+    # not a tensor: a TypeError, as for every layer (the shape check used to come first and say ValueError)
+    with pytest.raises(TypeError, match="expects the weight as a torch.Tensor, got list"):
+        locally_connected2d(torch.randn(1, 1, 5, 5), [[1.0]])
+
+
+def test_network_is_built_for_28x28_digits_only():
+    # fc1 takes pool2's 7x7 maps: an in_size option (32 built, then failed inside fc1) is gone
+    with pytest.raises(TypeError, match="in_size"):
+        LocallyConnectedCNN(in_size=32)
 
 
 def test_network_has_simplecnns_shapes_and_receptive_fields():

@@ -227,7 +227,7 @@ def test_without_val_fit_is_unchanged_and_with_it_the_training_is_the_same(small
         runs[name] = history, weights
     (plain, plain_weights), (history, weights) = runs["without"], runs["with"]
     assert list(plain) == list(helpers.train.HISTORY_KEYS) + ["conv1_init", "conv1"]  # the published keys, no more
-    assert list(history) == list(plain) + ["val_loss", "val_acc"]
+    assert list(history) == list(plain) + ["val_loss", "val_acc", "chosen"]
     # scoring the validation set draws no random numbers: every epoch trains exactly as without it
     for key in ("train_loss", "test_acc", "conv1"):
         assert history[key] == plain[key], key
@@ -251,6 +251,7 @@ def test_fit_keeps_the_weights_of_the_best_validation_epoch_and_needs_no_test_se
     model, weights = SimpleCNN(), []
     history = fit(model, train, None, epochs=4, device="cpu", val=val, on_epoch_end=snapshots(model, weights))
     assert "test_acc" not in history and "test_loss" not in history and history["val_acc"] == [0.5, 0.9, 0.9, 0.7]
+    assert history["chosen"] == {"epoch": 2, "val_acc": 0.9}  # recorded by fit, which the CLI reads
     assert all(torch.equal(value, weights[1][key]) for key, value in model.state_dict().items())  # epoch 2's
     assert not torch.equal(weights[1]["fc2.weight"], weights[3]["fc2.weight"])  # not the last epoch's
 

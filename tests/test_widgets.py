@@ -64,7 +64,10 @@ def test_channel_slider_follows_the_layer(trained):
 def test_channel_grid_shows_every_channel(trained):
     model, _, images, labels = trained
     box = widgets.channel_grid_explorer(model, images, labels)
-    shown = lambda: sum(1 for ax in box.figure.axes if ax.images)
+
+    def shown():
+        return sum(1 for ax in box.figure.axes if ax.images)
+
     assert shown() == 32
     controls(box)["layer"].value = "pool2"
     assert shown() == 64
@@ -224,7 +227,10 @@ def test_explanation_explorer_redraws_for_every_image_and_class(trained):
     model, _, images, labels = trained
     box = widgets.explanation_explorer(model, images[:3], labels[:3])
     ctl = controls(box)
-    titles = lambda: [ax.get_title() for ax in box.figure.axes]
+
+    def titles():
+        return [ax.get_title() for ax in box.figure.axes]
+
     assert titles()[:5] == [f"test image 0: a {labels[0]}\nexplaining {labels[0]} (p = 100.0%)", *widgets.EXPLORER_METHODS]
     seen = [pixels(box.figure)]
     for name, value in [("test image", 2), ("explain", 3)]:
